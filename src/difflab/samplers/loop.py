@@ -1,0 +1,98 @@
+"""The one denoising loop: x_T ~ N(0, I), then ``sampler.step`` over the sampler's timesteps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from difflab.diffusion.process import GaussianDiffusion
+from difflab.samplers.base import Sampler, prev_timesteps
+
+__all__ = ["Trajectory", "generate"]
+
+
+@dataclass
+class Trajectory:
+    """The states visited by :func:`generate`.
+
+    - ``timesteps``: LongTensor (S,), the descending timesteps visited;
+    - ``x_t``: S + 1 tensors: ``x_t[i]`` is the input at ``timesteps[i]`` (``x_t[0]`` = x_T)
+      and ``x_t[S]`` the final sample;
+    - ``pred_x0``: S tensors, the (clipped) x_0 estimate at each step.
+
+    Tensors stay on the sampling device.
+    """
+
+    timesteps: Tensor
+    x_t: list[Tensor] = field(default_factory=list)
+    pred_x0: list[Tensor] = field(default_factory=list)
+
+
+def _default_device(model: Callable[..., Tensor], process: GaussianDiffusion) -> torch.device:
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        for p in parameters():
+            return p.device
+    return process.betas.device
+
+
+@torch.inference_mode()
+def generate(
+    model: Callable[..., Tensor],
+    process: GaussianDiffusion,
+    sampler: Sampler,
+    shape: Sequence[int],
+    generator: torch.Generator,
+    return_trajectory: bool = False,
+    progress: bool = True,
+    *,
+    y: Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor | tuple[Tensor, Trajectory]:
+    """Sample a batch of shape ``shape`` with ``sampler`` (Ho et al. 2020, arXiv:2006.11239, Algorithm 2).
+
+    x_T ~ N(0, I) is drawn in float32 from ``generator`` on the generator's device and moved to
+    ``device`` (default: the model's parameter device, else the process' buffer device); every
+    later random draw also comes from ``generator``, so a fixed seed reproduces the run bit for
+    bit. The model is called as ``model(x_t, t_batch)`` (or ``model(x_t, t_batch, y)``) with
+    ``t_batch`` a LongTensor (B,). The model's train/eval mode is left as it is.
+
+    Returns the final sample (float, roughly in [-1, 1] for image data), or
+    ``(sample, Trajectory)`` when ``return_trajectory``. Runs under ``torch.inference_mode()``:
+    the returned tensors are inference tensors (``.clone()`` them to use them with autograd).
+    """
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"sampler must be a difflab Sampler, got {type(sampler).__name__}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be a non-empty sequence of positive sizes, got {shape}")
+    if y is not None and (y.ndim < 1 or y.shape[0] != shape[0]):
+        raise ValueError(f"y must have batch size {shape[0]}, got shape {tuple(y.shape)}")
+
+    device = torch.device(device) if device is not None else _default_device(model, process)
+    timesteps = sampler.timesteps(process.num_timesteps)
+    previous = prev_timesteps(timesteps)
+    if y is not None:
+        y = y.to(device)
+
+    x_t = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
+    trajectory = Trajectory(timesteps=timesteps.clone(), x_t=[x_t], pred_x0=[])
+    for t, t_prev in tqdm(
+        list(zip(timesteps.tolist(), previous.tolist())), disable=not progress, desc="sampling", leave=False
+    ):
+        t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
+        model_output = model(x_t, t_batch) if y is None else model(x_t, t_batch, y)
+        out = sampler.step(process, model_output, t, t_prev, x_t, generator)
+        x_t = out.prev_sample
+        if return_trajectory:
+            trajectory.x_t.append(x_t)
+            trajectory.pred_x0.append(out.pred_x0)
+    if return_trajectory:
+        return x_t, trajectory
+    return x_t
