@@ -1,0 +1,309 @@
+"""The contract every difflab data module follows.
+
+A data module is a :class:`lightning.LightningDataModule` with three attributes and one
+extra method:
+
+* ``name`` (str): identifies the pixels, used as a cache key by metrics (FID statistics);
+  two modules whose real images differ never share a name (``mnist5k`` vs ``mnist5k_pad32``).
+* ``image_shape``: ``(C, H, W)`` for images, ``(dim,)`` for toy point clouds.
+* ``num_classes``: int, or None when the data has no labels (then every label is -1).
+* ``real_images(split, n, seed)``: uint8 ``(N, C, H, W)`` exactly as stored, for FID.
+
+``setup()`` builds ``train_set`` and ``val_set``; their items are ``(x, y)`` with ``x``
+float32 in [-1, 1] of shape ``image_shape`` and ``y`` an int64 label. The train loader
+shuffles with a generator seeded by ``seed``, so the data order is reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+class DataNotFoundError(RuntimeError):
+    """The data set is not where it should be; the message says what to put where."""
+
+
+class CorruptDataError(RuntimeError):
+    """Data files exist but cannot be read; the message names them and what to do."""
+
+
+def info(msg: str, *args: Any) -> None:
+    """Log on global rank 0 only, so DDP runs print each data line once."""
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        log.info(msg, *args)
+
+
+def warn(msg: str, *args: Any) -> None:
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        log.warning(msg, *args)
+
+
+# ----------------------------------------------------------------------------------------
+# argument checks: ValueError naming the argument, the value and what is allowed
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
+    return value
+
+
+def check_split(split: Any) -> str:
+    return check_choice("split", split, SPLITS)
+
+
+def subset_indices(total: int, n: int | None, seed: int, what: str = "images") -> torch.Tensor:
+    """Indices of a fixed random subset of size ``n`` (sorted), or all when n is None/total."""
+    if n is None or n == total:
+        return torch.arange(total)
+    check_int("n", n, minimum=1)
+    if n > total:
+        raise ValueError(f"n={n} {what} requested, but this split holds only {total}")
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(total, generator=g)[:n].sort().values
+
+
+# ----------------------------------------------------------------------------------------
+# datasets
+
+
+class FlipRNG:
+    """Random horizontal flips that are reproducible from the data seed.
+
+    In the main process (``num_workers=0``) the generator is seeded with ``seed``; in a
+    worker it is reseeded from the worker's seed, which the DataLoader derives from its own
+    seeded generator. Either way the same configuration flips the same images.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._key: tuple[int, int] | None = None
+        self._gen: torch.Generator | None = None
+
+    def generator(self) -> torch.Generator:
+        w = get_worker_info()
+        key = (-1, self.seed) if w is None else (w.id, w.seed)
+        if self._gen is None or key != self._key:
+            self._gen = torch.Generator().manual_seed((self.seed if w is None else w.seed) % 2**63)
+            self._key = key
+        return self._gen
+
+    def mask(self, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator()) < 0.5
+
+    def __getstate__(self) -> dict[str, Any]:  # workers start from a clean generator
+        return {"seed": self.seed, "_key": None, "_gen": None}
+
+
+def uint8_to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 array -> float32 tensor in [-1, 1]; bit-identical to ``utils.images.from_uint8``.
+
+    Done in numpy on purpose: torch runs a ~100k-element cast on its intra-op thread pool,
+    which costs tens of milliseconds per batch when the CPU cores are busy (training on
+    CPU, or a shared machine); numpy stays on the calling thread (< 1 ms per batch).
+    """
+    x = images.astype(np.float32)
+    x /= np.float32(127.5)
+    x -= np.float32(1.0)
+    return torch.from_numpy(x)
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one uint8 array (N, C, H, W) plus int64 labels (N,).
+
+    ``__getitem__`` is a slice and one scale; ``__getitems__`` (which the DataLoader calls
+    with a whole batch of indices, also under a DistributedSampler) does a single gather
+    and scale for the batch, so loading never starves a training step.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, random_flip: bool = False, seed: int = 0):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = np.ascontiguousarray(images.numpy())
+        self.labels = labels.to(torch.int64).contiguous()
+        self.random_flip = random_flip
+        self._flip = FlipRNG(seed)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[index]
+        if self.random_flip and bool(self._flip.mask(1)[0]):
+            x = x[..., ::-1]
+        return uint8_to_unit(x), self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        idx = np.asarray(indices, dtype=np.int64)
+        x = self.images.take(idx, axis=0)
+        if self.random_flip:
+            m = self._flip.mask(len(idx)).numpy()
+            x[m] = x[m][..., ::-1]
+        labels = self.labels[torch.from_numpy(idx)]
+        return list(zip(uint8_to_unit(x).unbind(0), labels.unbind(0)))
+
+
+class TensorPointDataset(Dataset):
+    """Float32 points (N, D) and int64 labels (N,), for toy data."""
+
+    def __init__(self, points: torch.Tensor, labels: torch.Tensor):
+        self.points = points.to(torch.float32).contiguous()
+        self.labels = labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.points[index], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.points[idx].unbind(0), self.labels[idx].unbind(0)))
+
+
+# ----------------------------------------------------------------------------------------
+# the base module
+
+
+class BaseDataModule(L.LightningDataModule):
+    """Loader settings, argument checks, seeded shuffling and ``real_images``.
+
+    Subclasses set ``name``, ``image_shape`` and ``num_classes`` in ``__init__``, build
+    ``train_set`` / ``val_set`` in ``_build()`` and return uint8 images in ``_real_uint8``.
+
+    Args:
+        batch_size: training batch size (per process under DDP).
+        val_batch_size: validation batch size; defaults to ``batch_size``.
+        num_workers: DataLoader worker processes (0 = load in the training process).
+        pin_memory: page-locked batches for faster host-to-GPU copies.
+        persistent_workers: keep workers alive between epochs; only meaningful with
+            ``num_workers > 0`` and ignored (with a log line) otherwise.
+        drop_last: drop the last incomplete training batch (validation keeps all).
+        seed: seeds the training shuffle (and random flips), so the order is reproducible.
+    """
+
+    name: str = "base"
+    image_shape: tuple[int, ...] = ()
+    num_classes: int | None = None
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.val_batch_size = (
+            self.batch_size if val_batch_size is None else check_int("val_batch_size", val_batch_size, minimum=1)
+        )
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.pin_memory = check_bool("pin_memory", pin_memory)
+        self.persistent_workers = check_bool("persistent_workers", persistent_workers)
+        if self.persistent_workers and self.num_workers == 0:
+            info("persistent_workers=true is ignored: it only applies with num_workers > 0")
+            self.persistent_workers = False
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.seed = check_int("seed", seed)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    # -- subclass hooks -------------------------------------------------------------------
+    def _build(self) -> None:
+        """Create ``self.train_set`` and ``self.val_set``."""
+        raise NotImplementedError
+
+    def _real_uint8(self, split: str, indices: torch.Tensor | None) -> torch.Tensor:
+        """uint8 (N, C, H, W) of ``split``, all when ``indices`` is None."""
+        raise NotImplementedError
+
+    def _split_len(self, split: str) -> int:
+        ds = self.train_set if split == "train" else self.val_set
+        assert ds is not None
+        return len(ds)  # type: ignore[arg-type]
+
+    # -- lightning ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None and self.val_set is not None:
+            return
+        self._build()
+        n_train = len(self.train_set)  # type: ignore[arg-type]
+        if self.drop_last and n_train < self.batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than the {n_train} training items of "
+                f"{self.name!r}: with drop_last=true no batch would be left. Use a smaller "
+                f"data.batch_size or data.drop_last=false"
+            )
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None:
+            self.setup()
+            dataset = self.train_set if train else self.val_set
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            drop_last=self.drop_last if train else False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, train=False)
+
+    # -- metrics --------------------------------------------------------------------------
+    def real_images(self, split: str = "train", n: int | None = None, seed: int = 0) -> torch.Tensor:
+        """Real images of ``split`` as uint8 (N, C, H, W), exactly as stored (no flips).
+
+        ``n=None`` gives all; a smaller ``n`` gives a fixed random subset chosen by
+        ``seed``; a larger ``n`` raises ValueError saying how many there are.
+        """
+        check_split(split)
+        self.setup()
+        total = self._split_len(split)
+        idx = subset_indices(total, n, seed, what=f"{split} images of {self.name!r}")
+        return self._real_uint8(split, None if n is None or n == total else idx)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, image_shape={self.image_shape}, "
+            f"num_classes={self.num_classes}, batch_size={self.batch_size})"
+        )
