@@ -1,0 +1,213 @@
+"""DiffusionModule: the LightningModule that wires process + objective + backbone.
+
+It owns the training and validation steps and the optimizer; EMA, sample grids and FID
+are callbacks (``difflab.callbacks``). Everything random draws from an explicit
+``torch.Generator`` seeded by (seed, rank, step), so DDP ranks never share noise and a
+resumed run draws exactly the noise the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from difflab.diffusion.objectives import DiffusionObjective
+from difflab.diffusion.process import GaussianDiffusion
+from difflab.samplers.base import Sampler
+
+NUM_LOSS_BUCKETS = 4
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive steps with a NaN/inf loss or gradient."""
+
+
+def _mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (Python's int-tuple hash is not randomized)."""
+    return hash(tuple(int(p) for p in parts)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class DiffusionModule(L.LightningModule):
+    """Denoising diffusion training (Ho et al. 2020, arXiv:2006.11239, Algorithm 1).
+
+    Args:
+        backbone: maps (x_t, t[, y]) to a tensor of x_t's shape.
+        process: the forward process (owner of the noise schedule).
+        objective: prediction target and loss weighting.
+        sampler: the sampler that sample grids and FID use.
+        optimizer: a partial optimizer, called with the parameters (e.g. AdamW).
+        lr_warmup_steps: linear warm-up of the learning rate from 0 over this many steps.
+        seed: training noise and timesteps are drawn from seed + global_rank (+ step).
+        val_seed: validation noise and timesteps are fixed by this seed, for comparable val/loss.
+        max_consecutive_nonfinite: stop the run after this many consecutive skipped steps.
+        channels_last: use channels-last memory format for 4-D inputs and the backbone.
+        image_shape: shape of one sample, (C, H, W) or (D,); what sampling callbacks draw.
+        config: the resolved run config as a plain dict, stored as hyperparameters.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        process: GaussianDiffusion,
+        objective: DiffusionObjective,
+        sampler: Sampler,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr_warmup_steps: int = 0,
+        seed: int = 0,
+        val_seed: int = 1234,
+        max_consecutive_nonfinite: int = 20,
+        channels_last: bool = False,
+        image_shape: tuple[int, ...] | list[int] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
+        if max_consecutive_nonfinite < 1:
+            raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
+        self.backbone = backbone
+        self.process = process
+        self.objective = objective
+        self.sampler = sampler
+        self.optimizer_factory = optimizer
+        self.lr_warmup_steps = int(lr_warmup_steps)
+        self.seed = int(seed)
+        self.val_seed = int(val_seed)
+        self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
+        self.channels_last = bool(channels_last)
+        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        # Plain dicts only: checkpoints then load with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": config or {}}, logger=False)
+        self.skipped_steps = 0
+        self.consecutive_nonfinite = 0
+        self.last_step_skipped = False
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.backbone(x, t) if y is None else self.backbone(x, t, y)
+
+    def _generator(self, seed: int) -> torch.Generator:
+        g = self._generators.get(self.device)
+        if g is None:
+            g = self._generators[self.device] = torch.Generator(device=self.device)
+        g.manual_seed(seed)
+        return g
+
+    def _prepare(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x0, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if self.channels_last and x0.ndim == 4:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        conditional = getattr(self.backbone, "num_classes", None)
+        if not conditional or y is None or bool((y < 0).any()):
+            y = None
+        return x0, y
+
+    def eval_backbone(self) -> nn.Module:
+        """The weights to evaluate and sample with: the EMA copy when an EMA callback runs."""
+        from difflab.callbacks.ema import find_ema
+
+        trainer = self._trainer
+        ema = find_ema(trainer) if trainer is not None else None
+        return ema.ema_model if ema is not None and ema.ema_model is not None else self.backbone
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x0, y = self._prepare(batch)
+        seed = _mix_seed(self.seed, self.global_rank, self.global_step, batch_idx)
+        out = self.objective(self.backbone, self.process, x0, self._generator(seed), y=y)
+        loss = out.loss_per_sample.mean()
+        logs = {}
+        # Loss per timestep quarter: where in the chain the model still has to learn.
+        bucket = (out.t * NUM_LOSS_BUCKETS) // self.process.num_timesteps
+        per = out.loss_per_sample.detach()
+        sums = torch.zeros(NUM_LOSS_BUCKETS, device=per.device, dtype=per.dtype).index_add_(0, bucket, per)
+        counts = torch.bincount(bucket, minlength=NUM_LOSS_BUCKETS).to(per.dtype)
+        means = sums / counts.clamp_min(1)
+        for q in range(NUM_LOSS_BUCKETS):
+            logs[f"train/loss_q{q}"] = means[q]
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=x0.shape[0])
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x0, y = self._prepare(batch)
+        seed = _mix_seed(self.val_seed, self.global_rank, batch_idx)
+        raw = self.objective(self.backbone, self.process, x0, self._generator(seed), y=y)
+        self.log("val/loss_raw", raw.loss_per_sample.mean(), on_epoch=True, sync_dist=True, batch_size=x0.shape[0])
+        model = self.eval_backbone()
+        if model is not self.backbone:  # same noise and timesteps for the EMA weights
+            ema = self.objective(model, self.process, x0, self._generator(seed), y=y)
+            loss = ema.loss_per_sample.mean()
+        else:
+            loss = raw.loss_per_sample.mean()
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("DiffusionModule needs an optimizer (a partial, e.g. torch.optim.AdamW)")
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        warmup = self.lr_warmup_steps
+
+        def lr_lambda(step: int) -> float:
+            return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by global norm, log the norm, and skip the step if it is not finite.
+
+        A skipped step sets every gradient to None, so the optimizer leaves weights and
+        moments untouched; the EMA callback sees ``last_step_skipped`` and does not update.
+        """
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError("trainer.gradient_clip_algorithm must be 'norm' for difflab")
+        max_norm = float(gradient_clip_val) if gradient_clip_val else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm, foreach=True)
+        finite = bool(torch.isfinite(norm))
+        self.last_step_skipped = not finite
+        if finite:
+            self.consecutive_nonfinite = 0
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        else:
+            for p in params:
+                p.grad = None
+            self.skipped_steps += 1
+            self.consecutive_nonfinite += 1
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+            if self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
+                    f"(at global step {self.global_step}); stopping. The last good checkpoint is kept. "
+                    "Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true."
+                )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        sched = self.lr_schedulers()
+        if sched is not None:
+            self.log("train/lr", sched.get_last_lr()[0], on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["difflab"] = {
+            "skipped_steps": self.skipped_steps,
+            "image_shape": list(self.image_shape or []),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("difflab", {}).get("skipped_steps", 0))

@@ -1,0 +1,175 @@
+"""run(cfg): build data, model, callbacks, loggers and trainer from the config; fit; return the metric.
+
+Validation comes first and is cheap: the schedule, objective and sampler are built (pure,
+milliseconds), then the data module and backbone are constructed and the backbone is
+called once on a dummy batch of the data's shape. Any mistake stops the run here with one
+line, before a data set is loaded or a logger is started.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from difflab.errors import CheckpointError, ConfigError, DifflabError
+from difflab.module import DiffusionModule
+from difflab.utils.hydra import print_config_tree, to_plain_dict
+from difflab.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+CONFIG_ORDER = ("data", "backbone", "schedule", "objective", "sampler", "optimizer", "trainer", "callbacks", "logger", "paths")
+
+
+def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate with the config key named in the error."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except hydra.errors.InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, (ValueError, TypeError, DifflabError)):
+            raise ConfigError(f"{key}: {cause}") from None
+        raise
+
+
+def build_core(cfg: DictConfig):
+    """(process, objective, sampler) from the config; validates the sampler against T."""
+    process = _instantiate(cfg.schedule, "schedule")
+    objective = _instantiate(cfg.objective, "objective")
+    sampler = _instantiate(cfg.sampler, "sampler")
+    T = process.num_timesteps
+    try:
+        sampler.timesteps(T)
+    except ValueError as e:
+        raise ConfigError(f"sampler: {e} (schedule.num_timesteps={T})") from None
+    if sampler.prediction_type != objective.target:
+        raise ConfigError(
+            f"sampler.prediction_type={sampler.prediction_type!r} differs from objective.target="
+            f"{objective.target!r}; leave sampler.prediction_type at its default ${{objective.target}}"
+        )
+    if float(process.alphas_cumprod[-1]) == 0.0 and objective.target == "eps":
+        raise ConfigError(
+            "schedule.zero_terminal_snr=true needs objective=v or objective=x0: with eps-prediction x0 is "
+            "undefined at the last timestep (Lin et al. 2023, sec. 3.2)"
+        )
+    return process, objective, sampler
+
+
+def check_backbone(backbone: torch.nn.Module, image_shape: tuple[int, ...], key: str = "backbone") -> None:
+    """Call the backbone once on a dummy batch of the data's shape: mismatches stop the run now."""
+    x = torch.zeros(2, *image_shape)
+    t = torch.zeros(2, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            out = backbone(x, t)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"{key} cannot take data of shape {tuple(image_shape)}: {e}. Set the backbone's "
+            "in_channels / image_size to the data's, or change data.image_size / data.channels."
+        ) from None
+    if out.shape != x.shape:
+        raise ConfigError(f"{key} maps {tuple(x.shape)} to {tuple(out.shape)}; it must keep the shape")
+
+
+def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dict | None = None) -> DiffusionModule:
+    process, objective, sampler = build_core(cfg)
+    backbone = _instantiate(cfg.backbone, "backbone")
+    check_backbone(backbone, image_shape)
+    optimizer = _instantiate(cfg.optimizer, "optimizer")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr}")
+    module = DiffusionModule(
+        backbone=backbone,
+        process=process,
+        objective=objective,
+        sampler=sampler,
+        optimizer=optimizer,
+        lr_warmup_steps=cfg.lr_warmup_steps,
+        seed=cfg.seed,
+        val_seed=cfg.val_seed,
+        max_consecutive_nonfinite=cfg.max_consecutive_nonfinite,
+        channels_last=cfg.channels_last,
+        image_shape=image_shape,
+        config=config_dict,
+    )
+    if cfg.get("compile"):
+        module.backbone = torch.compile(module.backbone)
+    return module
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    dm = _instantiate(cfg.data, "data")
+    return dm
+
+
+def _instantiate_group(node: DictConfig | None, key: str) -> list[Any]:
+    out = []
+    for name, sub in (node or {}).items():
+        if isinstance(sub, DictConfig) and "_target_" in sub:
+            out.append(_instantiate(sub, f"{key}.{name}"))
+    return out
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """ckpt_path if given (must exist), else <run dir>/checkpoints/last.ckpt with resume=auto."""
+    if cfg.get("ckpt_path"):
+        path = Path(str(cfg.ckpt_path)).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"ckpt_path={cfg.ckpt_path}: no such file. Give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
+        return str(path)
+    if str(cfg.get("resume", "auto")).lower() == "auto":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resume=auto: resuming from %s", last)
+            return str(last)
+    return None
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train one model; returns ``cfg.optimized_metric`` (for sweepers), or None if absent."""
+    from difflab.utils.loggers import finish_loggers
+
+    # 1. validate everything that is cheap to validate, before anything heavy is built
+    config_dict = to_plain_dict(cfg)
+    datamodule = build_datamodule(cfg)
+    image_shape = tuple(datamodule.image_shape)
+    module = build_module(cfg, image_shape, config_dict=config_dict)
+    ckpt_path = resolve_ckpt_path(cfg)
+
+    if cfg.get("print_config", True) and int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        print_config_tree(cfg, CONFIG_ORDER)
+
+    # 2. build the rest
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    trainer: L.Trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(config_dict)
+
+    # 3. fit
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        finish_loggers(loggers, trainer)
+
+    metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
+    return float(metric) if metric is not None else None
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point behind ``train.py``: user errors exit with one line, not a traceback."""
+    try:
+        return run(cfg)
+    except DifflabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,96 @@
+"""Hydra/OmegaConf glue: resolvers, config printing, redaction of secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+_SECRET = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX-BF16 (bf16 autocast pays off there)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def auto_precision(kind: str = "auto") -> str:
+    """Resolve ``${dl.precision:auto}``: bf16-mixed where bf16 is fast, else 32-true."""
+    if kind != "auto":
+        return kind
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+
+
+def data_shape(data_node: Any, index: Any = None) -> Any:
+    """Resolve ``${dl.data_shape:${data},0}``: the data module's sample shape (or one entry).
+
+    Backbone configs take their in_channels and image_size from here, so ``data=cifar10``
+    or ``data.pad_to_32=true`` needs no matching backbone override. Data module
+    constructors do no I/O, so building one here is cheap.
+    """
+    import hydra
+
+    dm = hydra.utils.instantiate(data_node)
+    shape = [int(s) for s in dm.image_shape]
+    return shape if index is None else shape[int(index)]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dl.data_shape"):
+        OmegaConf.register_new_resolver("dl.data_shape", data_shape)
+    if not OmegaConf.has_resolver("dl.precision"):
+        OmegaConf.register_new_resolver("dl.precision", auto_precision)
+    if not OmegaConf.has_resolver("dl.cpu_count"):
+        OmegaConf.register_new_resolver("dl.cpu_count", lambda: os.cpu_count() or 1)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a plain config container with secret-looking keys' values replaced."""
+    if isinstance(obj, dict):
+        return {k: (REDACTED if isinstance(k, str) and _SECRET.search(k) and v is not None else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and os.environ.get("WANDB_API_KEY") and os.environ["WANDB_API_KEY"] in obj:
+        return obj.replace(os.environ["WANDB_API_KEY"], REDACTED)
+    return obj
+
+
+def to_plain_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python containers, with secrets redacted."""
+    return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+
+
+def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ()) -> None:
+    """Print the resolved config as a rich tree (call on rank 0 only)."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    plain = to_plain_dict(cfg)
+    keys = [k for k in order if k in plain] + [k for k in plain if k not in order]
+    for key in keys:
+        branch = tree.add(str(key), style="bold")
+        value = plain[key]
+        text = OmegaConf.to_yaml(OmegaConf.create({key: value})) if isinstance(value, (dict, list)) else str(value)
+        if isinstance(value, (dict, list)):
+            text = OmegaConf.to_yaml(OmegaConf.create(value)) if isinstance(value, dict) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)

@@ -1,0 +1,68 @@
+"""Log images to whichever loggers take them (W&B, TensorBoard); others are skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+
+
+def log_image(logger: Logger, key: str, image: np.ndarray, step: int, caption: str | None = None) -> bool:
+    """Log an H x W x C uint8 image; returns False for loggers that take no images (CSV)."""
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        logger.experiment.log({key: wandb.Image(image, caption=caption), "trainer/global_step": step})
+        return True
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(key, image, global_step=step, dataformats="HWC")
+        return True
+    return False
+
+
+def log_table(logger: Logger, key: str, columns: list[str], rows: list[list]) -> bool:
+    """Log a table to W&B (other loggers: False)."""
+    if isinstance(logger, WandbLogger):
+        logger.log_table(key=key, columns=columns, data=rows)
+        return True
+    return False
+
+
+def make_wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> WandbLogger:
+    """A WandbLogger that runs offline when no API key is configured.
+
+    ``mode``: auto (online with credentials, else offline), online, offline or disabled.
+    The environment variable ``WANDB_MODE`` wins over the config.
+    """
+    from difflab.utils.wandb_env import resolve_wandb_mode
+
+    resolved = resolve_wandb_mode(mode)
+    tags = kwargs.pop("tags", None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if tags:
+        kwargs["tags"] = list(tags)
+    from pathlib import Path
+
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(save_dir=save_dir, offline=resolved == "offline", mode=resolved, **kwargs)
+
+
+def finish_loggers(loggers: list[Logger], trainer=None) -> None:
+    """Close every logger; finish W&B runs (and say how to sync offline ones)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger._experiment  # do not create a run just to finish it
+            if run is None:
+                continue
+            offline = bool(getattr(getattr(run, "settings", None), "_offline", False)) or getattr(run, "offline", False)
+            run_dir = getattr(run, "dir", None)
+            import wandb
+
+            wandb.finish()
+            if offline and (trainer is None or trainer.is_global_zero):
+                sync_dir = run_dir.rsplit("/files", 1)[0] if run_dir else "<run dir>/wandb/offline-run-*"
+                print(f"W&B ran offline. To upload this run: wandb sync {sync_dir}")
+        else:
+            try:
+                logger.finalize("success")
+            except Exception:  # a logger that cannot finalize must not hide the run's result
+                pass

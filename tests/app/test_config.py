@@ -1,0 +1,191 @@
+"""Every option of every config group composes and instantiates; typos fail at composition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import hydra
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from tests.conftest import ROOT, compose_train
+
+GROUPS = {
+    "schedule": ["linear", "scaled_linear", "cosine", "sigmoid"],
+    "objective": ["eps", "x0", "v"],
+    "sampler": ["ddpm", "ddim"],
+    "backbone": ["unet", "diffusers_unet"],
+    "optimizer": ["adamw"],
+    "trainer": ["default", "cpu", "gpu", "ddp", "ddp_sim"],
+    "logger": ["wandb", "csv", "tensorboard", "none"],
+    "callbacks": ["default", "none", "ema", "model_checkpoint", "sample_grid", "progress_bar"],
+}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_option_file_is_tested(group):
+    assert set(_options(group)) <= set(GROUPS[group]) | {"mlp"}, "a new option needs a line in GROUPS"
+
+
+@pytest.mark.parametrize("schedule", GROUPS["schedule"])
+@pytest.mark.parametrize("objective", GROUPS["objective"])
+def test_schedule_objective_sampler_instantiate(schedule, objective):
+    from difflab.train import build_core
+
+    for sampler in GROUPS["sampler"]:
+        cfg = compose_train([f"schedule={schedule}", f"objective={objective}", f"sampler={sampler}"])
+        process, obj, smp = build_core(cfg)
+        assert process.num_timesteps == 1000
+        assert obj.target == objective == smp.prediction_type
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "min_snr"])
+def test_weightings(weighting):
+    cfg = compose_train([f"objective.weighting={weighting}"])
+    assert hydra.utils.instantiate(cfg.objective).weighting == weighting
+
+
+def test_zero_terminal_snr_with_v():
+    from difflab.train import build_core
+
+    cfg = compose_train(["schedule.zero_terminal_snr=true", "objective=v"])
+    process, _, _ = build_core(cfg)
+    assert float(process.alphas_cumprod[-1]) == 0.0
+
+
+@pytest.mark.parametrize("backbone", GROUPS["backbone"])
+def test_backbones_follow_the_data_shape(backbone):
+    from difflab.train import check_backbone
+
+    for data, shape in [("mnist5k", (1, 28, 28)), ("cifar10", (3, 32, 32))]:
+        overrides = [f"backbone={backbone}", f"data={data}"]
+        if backbone == "unet" and data == "cifar10":
+            overrides.append("backbone.channel_mult=[1,2,2,2]")
+        cfg = compose_train(overrides)
+        dm = hydra.utils.instantiate(cfg.data)
+        assert tuple(dm.image_shape) == shape
+        check_backbone(hydra.utils.instantiate(cfg.backbone), shape)
+
+
+def test_mlp_with_toy2d():
+    from difflab.train import check_backbone
+
+    cfg = compose_train(["data=toy2d", "backbone=mlp"])
+    dm = hydra.utils.instantiate(cfg.data)
+    check_backbone(hydra.utils.instantiate(cfg.backbone), tuple(dm.image_shape))
+
+
+@pytest.mark.parametrize("data", ["mnist5k", "mnist", "fashion_mnist", "cifar10", "toy2d"])
+def test_data_options_instantiate_without_io(data, tmp_path):
+    cfg = compose_train([f"data={data}", f"paths.data_dir={tmp_path}"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert dm.image_shape
+
+
+def test_image_folder_needs_root():
+    cfg = compose_train(["data=image_folder", "data.root=/nonexistent"])
+    assert cfg.data.root == "/nonexistent"
+
+
+@pytest.mark.parametrize("trainer", GROUPS["trainer"])
+def test_trainer_options_compose(trainer):
+    cfg = compose_train([f"trainer={trainer}"])
+    assert cfg.trainer._target_.endswith("Trainer")
+    assert cfg.trainer.precision in ("32-true", "bf16-mixed", "16-mixed")
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu"])
+def test_cpu_trainers_instantiate(trainer, tmp_path):
+    cfg = compose_train([f"trainer={trainer}", "logger=none"], output_dir=str(tmp_path))
+    t = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    assert t.max_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize("logger", GROUPS["logger"])
+def test_loggers_instantiate(logger, tmp_path):
+    from difflab.train import _instantiate_group
+
+    cfg = compose_train([f"logger={logger}"], output_dir=str(tmp_path))
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    assert len(loggers) == (0 if logger == "none" else 1)
+
+
+def test_callbacks_instantiate(tmp_path):
+    from difflab.train import _instantiate_group
+
+    cfg = compose_train([], output_dir=str(tmp_path))
+    names = {type(c).__name__ for c in _instantiate_group(cfg.callbacks, "callbacks")}
+    assert {"ModelCheckpoint", "EMA", "SampleGrid"} <= names
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_experiments_compose(experiment):
+    from difflab.train import build_core
+
+    cfg = compose_train([f"experiment={experiment}"])
+    build_core(cfg)
+
+
+def test_cifar10_ddpm_is_the_papers_model():
+    from difflab.backbones import count_parameters
+
+    cfg = compose_train(["experiment=cifar10_ddpm"])
+    n = count_parameters(hydra.utils.instantiate(cfg.backbone))
+    assert abs(n / 35.7e6 - 1) < 0.01, n
+    assert cfg.optimizer.lr == 2e-4 and cfg.data.batch_size == 128
+    assert cfg.callbacks.ema.decay == 0.9999 and cfg.trainer.max_steps == 800_000
+    assert cfg.schedule.name == "linear" and cfg.schedule.num_timesteps == 1000
+
+
+@pytest.mark.parametrize("debug", sorted(p.stem for p in (ROOT / "conf" / "debug").glob("*.yaml")))
+def test_debug_configs_compose(debug):
+    compose_train([f"debug={debug}"])
+
+
+# ----------------------------------------------------------------------------- typos
+def test_unknown_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="max_epoch"):
+        compose_train(["trainer.max_epoch=1"])
+
+
+def test_unknown_data_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="batchsize"):
+        compose_train(["data.batchsize=3"])
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_train(["sampler.eta=abc"])
+    assert "eta" in str(e.value) or isinstance(e.value.__cause__, (ValidationError, ConfigKeyError))
+
+
+def test_unknown_option_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="cosin"):
+        compose_train(["schedule=cosin"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (["trainer.max_epoch=1"], "max_epoch"),
+        (["schedule=cosin"], "cosine"),  # Hydra lists the available options
+    ],
+)
+def test_train_py_typos_exit_nonzero_before_training(override, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", *override, f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert expected in proc.stderr + proc.stdout
+    assert not (tmp_path / "checkpoints").exists()
