@@ -23,6 +23,7 @@ from difflab.errors import CheckpointError, ConfigError, DifflabError
 from difflab.module import DiffusionModule
 from difflab.utils.hydra import print_config_tree, to_plain_dict
 from difflab.utils.logging import get_logger
+from difflab.utils.validation import key_message, scrub_run_dir, validate_config
 
 log = get_logger(__name__)
 
@@ -36,7 +37,7 @@ def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
     except hydra.errors.InstantiationException as e:
         cause = e.__cause__ or e
         if isinstance(cause, (ValueError, TypeError, DifflabError)):
-            raise ConfigError(f"{key}: {cause}") from None
+            raise ConfigError(key_message(key, cause, node)) from None
         raise
 
 
@@ -49,7 +50,7 @@ def build_core(cfg: DictConfig):
     try:
         sampler.timesteps(T)
     except ValueError as e:
-        raise ConfigError(f"sampler: {e} (schedule.num_timesteps={T})") from None
+        raise ConfigError(f"{key_message('sampler', e, cfg.sampler)} (schedule.num_timesteps={T})") from None
     if sampler.prediction_type != objective.target:
         raise ConfigError(
             f"sampler.prediction_type={sampler.prediction_type!r} differs from objective.target="
@@ -120,15 +121,19 @@ def _instantiate_group(node: DictConfig | None, key: str) -> list[Any]:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """ckpt_path if given (must exist), else <run dir>/checkpoints/last.ckpt with resume=auto."""
+    """ckpt_path if given (must exist), else with resume=auto <run dir>/checkpoints/last.ckpt (or a newer hpc_ckpt_N.ckpt)."""
     if cfg.get("ckpt_path"):
         path = Path(str(cfg.ckpt_path)).expanduser()
         if not path.is_file():
             raise CheckpointError(f"ckpt_path={cfg.ckpt_path}: no such file. Give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
         return str(path)
     if str(cfg.get("resume", "auto")).lower() == "auto":
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        # the newest of last.ckpt and the hpc_ckpt_N.ckpt Lightning saves when SLURM signals
+        # the end of a job's time (a requeued job runs again in the same run dir)
+        run_dir = Path(cfg.paths.output_dir)
+        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        last = max(found, key=lambda p: p.stat().st_mtime) if found else None
+        if last is not None:
             log.info("resume=auto: resuming from %s", last)
             return str(last)
     return None
@@ -139,6 +144,8 @@ def run(cfg: DictConfig) -> float | None:
     from difflab.utils.loggers import finish_loggers
 
     # 1. validate everything that is cheap to validate, before anything heavy is built
+    validate_config(cfg)
+    scrub_run_dir(cfg.paths.output_dir, cfg)  # secrets out of the .hydra/*.yaml Hydra wrote
     config_dict = to_plain_dict(cfg)
     datamodule = build_datamodule(cfg)
     image_shape = tuple(datamodule.image_shape)
@@ -151,6 +158,10 @@ def run(cfg: DictConfig) -> float | None:
     # 2. build the rest
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = _instantiate_group(cfg.get("logger"), "logger")
     trainer: L.Trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
