@@ -21,7 +21,7 @@ GROUPS = {
     "optimizer": ["adamw"],
     "trainer": ["default", "cpu", "gpu", "ddp", "ddp_sim"],
     "logger": ["wandb", "csv", "tensorboard", "none"],
-    "callbacks": ["default", "none", "ema", "model_checkpoint", "sample_grid", "progress_bar"],
+    "callbacks": ["default", "none", "ema", "model_checkpoint", "sample_grid", "progress_bar", "trajectory", "nfe_table", "fid", "preemption"],
 }
 
 

@@ -1,0 +1,300 @@
+"""FID/KID against the number of network evaluations (NFE), once, when training ends.
+
+For each sampler entry (e.g. DDPM over all T steps, DDIM with 10/20/50/100 steps) the final
+EMA weights draw ``n`` samples, which are scored with :mod:`difflab.metrics` against the
+training split of the run's data (real statistics cached; the data floor is reported
+alongside). Results go to ``<run dir>/nfe_table.csv``, a plot ``<run dir>/nfe_fid.png`` and a
+W&B table (``eval/nfe_table``); each score is also logged under its protocol key
+(``fid/digits/ddim50/n1000``).
+
+DDP: the n samples are cut into batches of ``batch_size``; batch b is seeded by (seed, b) and
+drawn by rank ``b % world_size``. Each rank turns its images into feature rows, the rows are
+gathered with ``pl_module.all_gather`` and put back in batch order on rank 0, which scores,
+writes and logs. The table is therefore the same for any number of ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from difflab.errors import ConfigError
+from difflab.samplers import SAMPLERS, Sampler
+from difflab.utils.logging import get_logger
+from difflab.utils.loggers import log_image, log_table
+
+log = get_logger(__name__)
+
+DEFAULT_SAMPLERS: tuple[dict[str, Any], ...] = (
+    {"name": "ddpm", "num_steps": None},
+    {"name": "ddim", "num_steps": 10},
+    {"name": "ddim", "num_steps": 20},
+    {"name": "ddim", "num_steps": 50},
+    {"name": "ddim", "num_steps": 100},
+)
+
+COLUMNS = [
+    "sampler", "num_steps", "nfe", "eta", "spacing", "n", "feature",
+    "fid", "kid", "kid_std", "fid_key", "kid_key", "floor_fid", "floor_kid", "floor_n",
+    "seconds", "global_step",
+]
+
+
+def _plain(entry: Any) -> dict[str, Any]:
+    if isinstance(entry, DictConfig):
+        return OmegaConf.to_container(entry, resolve=True)  # type: ignore[return-value]
+    if isinstance(entry, Mapping):
+        return dict(entry)
+    raise ValueError(f"callbacks.nfe_table.samplers: each entry is a mapping {{name, num_steps}}, got {entry!r}")
+
+
+class NFETable(Callback):
+    """Score the final EMA weights with several samplers and step counts.
+
+    Args:
+        samplers: entries ``{name: ddpm | ddim, num_steps: int | null, **sampler options}``;
+            ``num_steps: null`` means all T steps. ``prediction_type`` is the module's.
+        n: samples per entry (also the real reference size, capped by the training split).
+        feature: feature network, ``digits`` or ``inception``.
+        metrics: any of ``fid``, ``kid``.
+        seed: seed of the samples (batch b draws from seed (seed, b)).
+        batch_size: samples per batch, per rank.
+        enabled: false turns the callback off (handy from the command line).
+        cache_dir: where real statistics are cached (None: not cached).
+        output_dir: the run dir (default: ``trainer.default_root_dir``).
+        floor: also compute the data floor (held-out real images vs the reference).
+    """
+
+    def __init__(
+        self,
+        samplers: Sequence[Mapping[str, Any]] = DEFAULT_SAMPLERS,
+        n: int = 1000,
+        feature: str = "digits",
+        metrics: Sequence[str] = ("fid", "kid"),
+        seed: int = 0,
+        batch_size: int = 250,
+        enabled: bool = True,
+        cache_dir: str | None = None,
+        output_dir: str | None = None,
+        floor: bool = True,
+    ) -> None:
+        from difflab.sample import check_feature, check_metrics
+
+        self.entries = [_plain(e) for e in samplers]
+        if not self.entries:
+            raise ValueError("callbacks.nfe_table.samplers is empty; give at least one {name, num_steps}")
+        for entry in self.entries:
+            name = entry.get("name")
+            if name not in SAMPLERS:
+                raise ValueError(f"callbacks.nfe_table.samplers: unknown sampler {name!r}; accepted: {', '.join(SAMPLERS)}")
+            if "prediction_type" in entry:
+                raise ValueError("callbacks.nfe_table.samplers: leave prediction_type out; it follows the trained objective")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"callbacks.nfe_table.n must be an integer >= 2 (a covariance needs 2 samples), got {n!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"callbacks.nfe_table.batch_size must be an integer >= 1, got {batch_size!r}")
+        try:
+            self.metrics = check_metrics(list(metrics))
+            self.feature = check_feature(feature)
+        except ConfigError as e:
+            raise ValueError(f"callbacks.nfe_table.{e}") from None
+        if not self.metrics:
+            raise ValueError("callbacks.nfe_table.metrics is empty; accepted: fid, kid")
+        self.n = int(n)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.enabled = bool(enabled)
+        self.cache_dir = cache_dir
+        self.output_dir = output_dir
+        self.floor = bool(floor)
+        self.rows: list[dict[str, Any]] = []
+        self._floor_rows: list[dict[str, Any]] = []
+        self.csv_path: Path | None = None
+        self.plot_path: Path | None = None
+
+    # ------------------------------------------------------------------ samplers
+    def build_samplers(self, prediction_type: str, num_timesteps: int) -> list[Sampler]:
+        """One sampler per entry, validated against T (a bad entry raises ConfigError)."""
+        samplers = []
+        for i, entry in enumerate(self.entries):
+            options = {k: v for k, v in entry.items() if k != "name"}
+            try:
+                sampler = SAMPLERS[entry["name"]](prediction_type=prediction_type, **options)
+                sampler.timesteps(num_timesteps)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"callbacks.nfe_table.samplers[{i}] {entry}: {e} (schedule.num_timesteps={num_timesteps})") from None
+            samplers.append(sampler)
+        return samplers
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.enabled and stage == "fit":  # bad entries stop the run before the first step
+            self.build_samplers(pl_module.sampler.prediction_type, pl_module.process.num_timesteps)
+
+    def _out_dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir)
+
+    # ------------------------------------------------------------------ sampling + gathering
+    def _features(self, trainer: L.Trainer, pl_module: L.LightningModule, scorer, sampler: Sampler) -> np.ndarray | None:
+        """Feature rows of the n samples in batch order on rank 0 (None on other ranks)."""
+        from difflab.sample import num_batches, sample_batches
+
+        world, rank = max(1, int(trainer.world_size)), int(trainer.global_rank)
+        total = num_batches(self.n, self.batch_size)
+        mine = list(range(rank, total, world))
+        model = pl_module.eval_backbone()
+        was_training = model.training
+        model.eval()
+        try:
+            chunks = [
+                scorer.features(images)
+                for _, images in sample_batches(
+                    model, pl_module.process, sampler, pl_module.image_shape, self.n, self.seed,
+                    self.batch_size, pl_module.device, batches=mine, progress=trainer.is_global_zero,
+                )
+            ]
+        finally:
+            model.train(was_training)
+        dim = scorer.extractor.feature_dim
+        local = np.concatenate(chunks) if chunks else np.empty((0, dim))
+        if world == 1:
+            return local
+        # pad every rank to the same number of rows, gather (world, rows, D), undo the round robin
+        rows = math.ceil(total / world) * self.batch_size
+        padded = torch.zeros(rows, dim, dtype=torch.float64, device=pl_module.device)
+        padded[: local.shape[0]] = torch.from_numpy(local).to(pl_module.device)
+        gathered = pl_module.all_gather(padded).cpu().numpy()  # (world, rows, D)
+        return merge_round_robin(gathered, self.n, self.batch_size) if trainer.is_global_zero else None
+
+    # ------------------------------------------------------------------ the table
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            self.evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:
+        from difflab.sample import Scorer, sampler_info
+
+        shape = pl_module.image_shape
+        datamodule = getattr(trainer, "datamodule", None)
+        if shape is None or len(shape) != 3 or datamodule is None or not hasattr(datamodule, "real_images"):
+            log.warning("NFETable: needs an image data module with real_images(); skipped")
+            return []
+        T = pl_module.process.num_timesteps
+        samplers = self.build_samplers(pl_module.sampler.prediction_type, T)
+        scorer = Scorer(datamodule, self.feature, self.metrics, self.n, self.cache_dir, device=pl_module.device, floor=self.floor)
+        step = trainer.global_step
+        self.rows = []
+        for sampler in samplers:
+            info = sampler_info(sampler, T)
+            start = time.perf_counter()
+            feats = self._features(trainer, pl_module, scorer, sampler)
+            seconds = time.perf_counter() - start
+            if feats is None:  # not rank 0
+                continue
+            scores = {r["metric"]: r for r in scorer.score(feats, info)}
+            self._floor_rows = list(scores.values())
+            row: dict[str, Any] = {
+                "sampler": info["sampler"], "num_steps": sampler.num_steps if sampler.num_steps is not None else T,
+                "nfe": info["num_steps"], "eta": info["eta"], "spacing": info["spacing"], "n": self.n,
+                "feature": self.feature, "seconds": round(seconds, 3), "global_step": step,
+            }
+            for metric in ("fid", "kid"):
+                r = scores.get(metric)
+                row[metric] = r["value"] if r else None
+                row[f"{metric}_key"] = r["key"] if r else None
+                row[f"floor_{metric}"] = r["floor"] if r else None
+                if r:
+                    row["floor_n"] = r["floor_n"]
+            row["kid_std"] = scores["kid"]["std"] if "kid" in scores else None
+            self.rows.append(row)
+            log.info("NFETable: %s", ", ".join(f"{r['key']}={r['value']:.4g}" for r in scores.values()))
+        if trainer.is_global_zero:
+            self._write(trainer, step)
+        return self.rows
+
+    def _write(self, trainer: L.Trainer, step: int) -> None:
+        out = self._out_dir(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        self.csv_path = out / "nfe_table.csv"
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        metric = "fid" if "fid" in self.metrics else self.metrics[0]
+        self.plot_path = plot_nfe(self.rows, out / f"nfe_{metric}.png", metric)
+        for logger in trainer.loggers:
+            log_table(logger, "eval/nfe_table", COLUMNS, [[row.get(k) for k in COLUMNS] for row in self.rows])
+            scalars = {row[f"{m}_key"]: row[m] for row in self.rows for m in self.metrics if row.get(m) is not None}
+            scalars.update({r["floor_key"]: r["floor"] for r in self._floor_rows if r.get("floor_key")})
+            logger.log_metrics(scalars, step=step)
+            log_image(logger, f"eval/nfe_{metric}", _read_png(self.plot_path), step=step, caption=f"{metric} against NFE")
+        log.info("NFE table written to %s and %s", self.csv_path, self.plot_path)
+
+
+def merge_round_robin(gathered: np.ndarray, n: int, batch_size: int) -> np.ndarray:
+    """Rows of all batches in batch order from ``gathered`` (world, rows, D), where rank r holds
+    batches r, r + world, ... back to back (each ``batch_size`` rows, the last batch shorter)."""
+    from difflab.sample import batch_size_of, num_batches
+
+    world = gathered.shape[0]
+    parts = []
+    for b in range(num_batches(n, batch_size)):
+        r, k = b % world, b // world
+        parts.append(gathered[r, k * batch_size : k * batch_size + batch_size_of(b, n, batch_size)])
+    return np.concatenate(parts)
+
+
+def plot_nfe(rows: list[dict[str, Any]], path: str | Path, metric: str = "fid") -> Path:
+    """A PNG of ``metric`` against NFE (log scale), one line per sampler, the data floor dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels = sorted({(r["sampler"], r["eta"]) for r in rows}, key=str)
+    for name, eta in labels:
+        pts = sorted((r["nfe"], r[metric]) for r in rows if (r["sampler"], r["eta"]) == (name, eta) and r.get(metric) is not None)
+        if pts:
+            label = name if name != "ddim" or eta == 0 else f"{name} eta={eta:g}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    floors = [r[f"floor_{metric}"] for r in rows if r.get(f"floor_{metric}") is not None]
+    if floors:
+        ax.axhline(floors[0], color="grey", linestyle="--", label=f"data floor (n={rows[0].get('floor_n')})")
+    ax.set_xscale("log")
+    nfes = sorted({r["nfe"] for r in rows})
+    if nfes:  # label the NFE values themselves, not powers of ten
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.set_xticks(nfes)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("NFE (network evaluations per sample)")
+    n = rows[0]["n"] if rows else "?"
+    feature = rows[0]["feature"] if rows else "?"
+    ax.set_ylabel(f"{metric.upper()} ({feature}, n={n})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))

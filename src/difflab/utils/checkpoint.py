@@ -1,0 +1,297 @@
+"""Load training checkpoints safely and rebuild the model they hold; export weights to safetensors.
+
+``torch.load`` runs with ``weights_only=True``: a checkpoint that holds arbitrary Python
+objects (unpickling those can run code) is refused. difflab checkpoints hold tensors and plain
+containers only (the module stores the resolved config as a plain dict), so they always load.
+
+Every failure is a :class:`~difflab.errors.CheckpointError` with one line that names the file
+and says what to do: a missing or unreadable file, an unsafe one, one that was not written by
+``train.py``, or weights that do not fit the backbone its config describes.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from difflab.diffusion.objectives import DiffusionObjective
+from difflab.diffusion.process import GaussianDiffusion
+from difflab.errors import CheckpointError, DifflabError
+from difflab.samplers.base import Sampler
+
+__all__ = [
+    "LoadedModel",
+    "build_model_from_checkpoint",
+    "checkpoint_config",
+    "export_safetensors",
+    "load_checkpoint",
+    "load_model",
+    "load_safetensors",
+    "load_state_into",
+    "model_from_safetensors",
+]
+
+CKPT_HINT = "give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt"
+#: Keys of a difflab checkpoint that hold the backbone: EMA copy and the LightningModule's weights.
+BACKBONE_PREFIX = "backbone."
+_COMPILED_PREFIX = "_orig_mod."
+_MAX_LISTED = 5
+_UNSAFE = re.compile(r"Unsupported global|not an allowed global|unrecognized function|Unsupported class", re.IGNORECASE)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        last = path / "checkpoints" / "last.ckpt"
+        hint = f"; did you mean {last}?" if last.is_file() else f"; {CKPT_HINT}"
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file; {CKPT_HINT}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        message = str(e)
+        if _UNSAFE.search(message):  # objects the safe unpickler refuses (not a damaged file)
+            reason = _unpickler_reason(message)
+            raise CheckpointError(
+                f"checkpoint {path} was refused for safety: it holds Python objects other than tensors and "
+                f"plain containers ({reason}), and unpickling those can run arbitrary code. Checkpoints written "
+                "by train.py hold plain data only; load this file only if you trust its source "
+                "(torch.load(..., weights_only=False)) and re-save its tensors"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_short(e)}); the file is damaged or not a checkpoint") from None
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError, IndexError, AttributeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({_short(e)}); the file is truncated, damaged or not a PyTorch "
+            "checkpoint. Use another one, e.g. the previous step_*.ckpt of the run"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict; {CKPT_HINT}")
+    return ckpt
+
+
+def _unpickler_reason(message: str) -> str:
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", message, re.DOTALL)
+    reason = (m.group(1) if m else "an object the safe unpickler does not allow").strip()
+    return " ".join(reason.split())[:160]
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = text.split(". This is an internal")[0]
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+# --------------------------------------------------------------------------- rebuilding the model
+@dataclass
+class LoadedModel:
+    """What a checkpoint holds, rebuilt: the evaluation backbone and the parts it samples with."""
+
+    backbone: nn.Module
+    process: GaussianDiffusion
+    objective: DiffusionObjective
+    sampler: Sampler
+    image_shape: tuple[int, ...]
+    config: dict[str, Any]
+    used_ema: bool
+    global_step: int | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """The resolved train config stored in ``ckpt["hyper_parameters"]["config"]``."""
+    config = (ckpt.get("hyper_parameters") or {}).get("config")
+    if not isinstance(config, dict) or not config:
+        raise CheckpointError(
+            f"{source} has no training config (hyper_parameters.config); it was not written by difflab's "
+            "train.py; give the .ckpt of a difflab run, e.g. <run dir>/checkpoints/last.ckpt"
+        )
+    missing = [k for k in ("schedule", "objective", "sampler", "backbone") if k not in config]
+    if missing:
+        raise CheckpointError(f"{source}: its stored config lacks {missing}; it was not written by difflab's train.py")
+    return config
+
+
+def _strip_compiled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop torch.compile's ``_orig_mod.`` prefix (a run with compile=true stores it)."""
+    return {k.replace(_COMPILED_PREFIX, ""): v for k, v in state.items()}
+
+
+def _backbone_state(ckpt: dict[str, Any], use_ema: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    from difflab.callbacks.ema import ema_state_from_checkpoint
+
+    if use_ema:
+        ema = ema_state_from_checkpoint(ckpt)
+        if ema:
+            return _strip_compiled(ema), True
+    raw = ckpt.get("state_dict") or {}
+    state = {k[len(BACKBONE_PREFIX) :]: v for k, v in raw.items() if k.startswith(BACKBONE_PREFIX)}
+    return _strip_compiled(state), False
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, fix: str) -> None:
+    """``model.load_state_dict(state)``, or a CheckpointError listing the keys and shapes that differ."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+                parts.append(f"{len(items)} {label} ({'; '.join(items[:_MAX_LISTED])}{more})")
+        raise CheckpointError(
+            f"{source}: the weights do not fit the backbone its config describes: {', '.join(parts)}. {fix}"
+        )
+    model.load_state_dict(state)
+
+
+def _build_parts(config: dict[str, Any], source: str) -> tuple[GaussianDiffusion, DiffusionObjective, Sampler, nn.Module]:
+    from difflab.train import _instantiate, build_core
+
+    cfg = OmegaConf.create({k: config[k] for k in ("schedule", "objective", "sampler", "backbone")})
+    try:
+        process, objective, sampler = build_core(cfg)
+        backbone = _instantiate(cfg.backbone, "backbone")
+    except DifflabError as e:
+        raise CheckpointError(f"{source}: its stored config no longer builds: {e}") from None
+    return process, objective, sampler, backbone
+
+
+def _image_shape(ckpt: dict[str, Any], config: dict[str, Any]) -> tuple[int, ...]:
+    shape = (ckpt.get("difflab") or {}).get("image_shape")
+    if shape:
+        return tuple(int(s) for s in shape)
+    if "data" in config:  # older checkpoints: ask the data module (its constructor does no I/O)
+        import hydra
+
+        return tuple(int(s) for s in hydra.utils.instantiate(config["data"]).image_shape)
+    raise CheckpointError("the checkpoint stores no image shape (difflab.image_shape) and no data config")
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, source: str = "checkpoint") -> LoadedModel:
+    """Rebuild process, objective, sampler and backbone from the checkpoint's stored config.
+
+    The backbone gets the EMA weights (``checkpoint["callbacks"]["EMA"]["state_dict"]``) when
+    ``use_ema`` and the checkpoint has them, else the raw ``backbone.*`` weights of
+    ``state_dict``; ``LoadedModel.used_ema`` says which. The backbone is returned in eval mode
+    on the CPU.
+    """
+    config = checkpoint_config(ckpt, source)
+    process, objective, sampler, backbone = _build_parts(config, source)
+    state, used_ema = _backbone_state(ckpt, use_ema)
+    if not state:
+        raise CheckpointError(f"{source} holds no backbone weights (no EMA state and no backbone.* in state_dict)")
+    fix = (
+        "The file was written by another version of the backbone code, or its stored config was edited; "
+        "sample with the difflab version that trained it, or train again"
+    )
+    load_state_into(backbone, state, source, fix)
+    backbone.eval().requires_grad_(False)
+    return LoadedModel(
+        backbone=backbone,
+        process=process,
+        objective=objective,
+        sampler=sampler,
+        image_shape=_image_shape(ckpt, config),
+        config=config,
+        used_ema=used_ema,
+        global_step=ckpt.get("global_step"),
+        source=source,
+    )
+
+
+def load_model(path: str | Path, use_ema: bool = True) -> LoadedModel:
+    """A model from a ``.ckpt`` (:func:`load_checkpoint`) or an exported ``.safetensors`` file."""
+    path = Path(path).expanduser()
+    if path.suffix == ".safetensors":
+        return model_from_safetensors(path)
+    return build_model_from_checkpoint(load_checkpoint(path), use_ema=use_ema, source=f"checkpoint {path}")
+
+
+# --------------------------------------------------------------------------- safetensors export
+def export_safetensors(ckpt_path: str | Path, out_path: str | Path, use_ema: bool = True) -> Path:
+    """Write the backbone weights of a checkpoint to ``out_path`` (safetensors, no pickle).
+
+    The metadata holds everything needed to rebuild the model without the checkpoint:
+    ``config`` (the resolved train config as JSON), ``image_shape`` (JSON), ``use_ema``
+    ("true"/"false": which weights were exported), ``global_step`` and ``format``.
+    Load it back with :func:`load_safetensors` or :func:`model_from_safetensors`.
+    """
+    from safetensors.torch import save_file
+
+    ckpt_path = Path(ckpt_path).expanduser()
+    model = build_model_from_checkpoint(load_checkpoint(ckpt_path), use_ema=use_ema, source=f"checkpoint {ckpt_path}")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.backbone.state_dict().items()}
+    metadata = {
+        "format": "difflab-backbone-v1",
+        "config": json.dumps(model.config, sort_keys=True),
+        "image_shape": json.dumps(list(model.image_shape)),
+        "use_ema": "true" if model.used_ema else "false",
+        "global_step": str(model.global_step if model.global_step is not None else ""),
+        "source": ckpt_path.name,
+    }
+    out_path = Path(out_path).expanduser()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_path), metadata=metadata)
+    return out_path
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) of a file written by :func:`export_safetensors`.
+
+    ``metadata["config"]`` and ``metadata["image_shape"]`` are decoded from JSON, ``use_ema``
+    is a bool and ``global_step`` an int (or None).
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"exported weights {path}: no such file; give a .safetensors file written by export_safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"exported weights {path} cannot be read ({_short(e)}); the file is damaged") from None
+    if "config" not in raw:
+        raise CheckpointError(f"{path} has no difflab metadata (config); it was not written by export_safetensors")
+    try:
+        meta: dict[str, Any] = dict(raw)
+        meta["config"] = json.loads(raw["config"])
+        meta["image_shape"] = tuple(json.loads(raw.get("image_shape", "[]")))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its metadata is not valid JSON ({e})") from None
+    meta["use_ema"] = raw.get("use_ema") == "true"
+    meta["global_step"] = int(raw["global_step"]) if raw.get("global_step") else None
+    return state, meta
+
+
+def model_from_safetensors(path: str | Path) -> LoadedModel:
+    """Rebuild the model of a file written by :func:`export_safetensors`."""
+    state, meta = load_safetensors(path)
+    ckpt = {
+        "hyper_parameters": {"config": meta["config"]},
+        "state_dict": {BACKBONE_PREFIX + k: v for k, v in state.items()},
+        "difflab": {"image_shape": list(meta["image_shape"])},
+        "global_step": meta["global_step"],
+    }
+    model = build_model_from_checkpoint(ckpt, use_ema=False, source=f"exported weights {path}")
+    model.used_ema = meta["use_ema"]
+    return model

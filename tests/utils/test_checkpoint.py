@@ -1,0 +1,186 @@
+"""Safe checkpoint loading, model rebuilding, architecture mismatches and safetensors export."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflab.errors import CheckpointError
+from difflab.utils.checkpoint import (
+    build_model_from_checkpoint,
+    export_safetensors,
+    load_checkpoint,
+    load_safetensors,
+    model_from_safetensors,
+)
+from tests.conftest import compose_train
+
+# A 2-step run of a tiny UNet. lr=1e-2 without warm-up and an EMA without warm-up make the
+# EMA weights differ clearly from the raw ones.
+TINY_RUN = [
+    "trainer=cpu",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.batch_size=8",
+    "data.val_batch_size=8",
+    "backbone.base_channels=8",
+    "backbone.channel_mult=[1,2]",
+    "backbone.num_res_blocks=1",
+    "sampler.num_steps=2",
+    "callbacks=[model_checkpoint,ema]",
+    "callbacks.ema.warmup=false",
+    "logger=none",
+    "lr_warmup_steps=0",
+    "optimizer.lr=0.01",
+    "print_config=false",
+]
+
+
+def tiny_checkpoint(root: Path) -> Path:
+    """<root>/checkpoints/last.ckpt of a tiny training run (trained once, then reused)."""
+    from difflab.train import run
+
+    ckpt = root / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        run(compose_train(TINY_RUN, output_dir=str(root)))
+    assert ckpt.is_file()
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-run")
+
+
+_payload_ran = []
+
+
+def _payload() -> dict:
+    _payload_ran.append(True)
+    return {}
+
+
+class Payload:
+    """A pickled object whose unpickling calls a function (as a malicious file would)."""
+
+    def __reduce__(self):
+        return (_payload, ())
+
+
+# ----------------------------------------------------------------------------- loading
+def test_loads_a_training_checkpoint(tiny_ckpt):
+    ckpt = load_checkpoint(tiny_ckpt)
+    assert ckpt["difflab"]["image_shape"] == [1, 28, 28]
+    assert "EMA" in ckpt["callbacks"] and isinstance(ckpt["hyper_parameters"]["config"], dict)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no such file.*last\.ckpt"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_run_dir_instead_of_file(tiny_ckpt):
+    with pytest.raises(CheckpointError, match="did you mean .*last.ckpt"):
+        load_checkpoint(tiny_ckpt.parent.parent)
+
+
+@pytest.mark.parametrize("content", ["truncated", "garbage", "empty"])
+def test_unreadable_file_is_named(tiny_ckpt, tmp_path, content):
+    data = tiny_ckpt.read_bytes()
+    bad = tmp_path / f"{content}.ckpt"
+    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint", "empty": b""}[content])
+    with pytest.raises(CheckpointError, match="cannot be read") as e:
+        load_checkpoint(bad)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)
+    _payload_ran.clear()
+    with pytest.raises(CheckpointError, match="refused for safety") as e:
+        load_checkpoint(path)
+    assert "arbitrary code" in str(e.value) and "_payload" in str(e.value)  # names the refused global
+    assert not _payload_ran, "the payload ran"
+
+
+def test_not_a_difflab_checkpoint(tmp_path):
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match="not written by difflab"):
+        build_model_from_checkpoint(load_checkpoint(path))
+
+
+# ----------------------------------------------------------------------------- rebuilding
+def test_rebuilds_with_ema_or_raw_weights(tiny_ckpt):
+    ckpt = load_checkpoint(tiny_ckpt)
+    ema = build_model_from_checkpoint(ckpt, use_ema=True)
+    raw = build_model_from_checkpoint(ckpt, use_ema=False)
+    assert ema.used_ema and not raw.used_ema
+    assert ema.image_shape == (1, 28, 28) and ema.global_step == 2
+    assert ema.sampler.num_steps == 2 and ema.sampler.prediction_type == ema.objective.target
+    for k, v in ema.backbone.state_dict().items():
+        assert torch.equal(v, ckpt["callbacks"]["EMA"]["state_dict"][k])
+    for k, v in raw.backbone.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"]["backbone." + k])
+    w = "input_conv.weight"
+    assert not torch.equal(ema.backbone.state_dict()[w], raw.backbone.state_dict()[w])
+    assert not ema.backbone.training
+
+
+def test_without_ema_state_falls_back_to_raw(tiny_ckpt):
+    ckpt = load_checkpoint(tiny_ckpt)
+    del ckpt["callbacks"]["EMA"]
+    assert not build_model_from_checkpoint(ckpt, use_ema=True).used_ema
+
+
+def test_compiled_run_prefixes_are_stripped(tiny_ckpt):
+    ckpt = load_checkpoint(tiny_ckpt)
+    ema = ckpt["callbacks"]["EMA"]
+    ema["state_dict"] = {f"_orig_mod.{k}": v for k, v in ema["state_dict"].items()}
+    assert build_model_from_checkpoint(ckpt).used_ema
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [({"base_channels": 16}, "shape mismatches"), ({"num_res_blocks": 2}, "missing keys")],
+)
+def test_other_architecture_says_what_differs(tiny_ckpt, change, expected):
+    ckpt = copy.deepcopy(load_checkpoint(tiny_ckpt))
+    ckpt["hyper_parameters"]["config"]["backbone"].update(change)
+    with pytest.raises(CheckpointError, match=expected) as e:
+        build_model_from_checkpoint(ckpt, source="checkpoint x.ckpt")
+    message = str(e.value)
+    assert message.startswith("checkpoint x.ckpt") and "difflab version that trained it" in message
+    assert message.count(";") < 40  # the first few keys, not all of them
+
+
+# ----------------------------------------------------------------------------- safetensors
+def test_export_safetensors_round_trip(tiny_ckpt, tmp_path):
+    out = export_safetensors(tiny_ckpt, tmp_path / "ema.safetensors")
+    state, meta = load_safetensors(out)
+    ckpt = load_checkpoint(tiny_ckpt)
+    assert meta["config"] == ckpt["hyper_parameters"]["config"]
+    assert meta["use_ema"] is True and meta["image_shape"] == (1, 28, 28) and meta["global_step"] == 2
+    assert set(state) == set(ckpt["callbacks"]["EMA"]["state_dict"])
+    for k, v in state.items():
+        assert torch.equal(v, ckpt["callbacks"]["EMA"]["state_dict"][k])
+    model = model_from_safetensors(out)
+    assert model.used_ema and model.image_shape == (1, 28, 28)
+    raw = load_safetensors(export_safetensors(tiny_ckpt, tmp_path / "raw.safetensors", use_ema=False))
+    assert raw[1]["use_ema"] is False
+
+
+def test_safetensors_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_safetensors(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_safetensors(bad)
