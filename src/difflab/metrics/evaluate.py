@@ -33,6 +33,7 @@ __all__ = [
     "ArrayImages",
     "RealImageSource",
     "data_floor",
+    "floor_key",
     "protocol_key",
     "real_stats",
     "score",
@@ -115,6 +116,16 @@ def protocol_key(
     if sampler == "ddim" and eta != 0:
         part += f"_eta{float(eta):g}"
     return f"{metric}/{feature_name}/{part}/n{n}"
+
+
+def floor_key(metric: str, feature_name: str, n: int) -> str:
+    """The log key of a data floor (:func:`data_floor`), e.g. ``fid_floor/digits/n2000``.
+
+    No sampler in the key: the floor scores real held-out images, so it is the same for
+    every sampler; it is comparable with the scores ``{metric}/{feature_name}/*/n{n}``.
+    """
+    (metric,) = _check_metrics((metric,))
+    return f"{metric}_floor/{feature_name}/n{_check_n(n)}"
 
 
 def _as_uint8_nchw(images: Any, where: str) -> torch.Tensor:
