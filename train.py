@@ -12,9 +12,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from difflab.train import main as run
+    from difflab.train import main as train
+    from difflab.utils.sweeps import run_job
 
-    return run(cfg)
+    # run_job: in a multirun a failed job is recorded and the sweep goes on (utils/sweeps.py)
+    return run_job(train, cfg, script=__file__)
 
 
 if __name__ == "__main__":

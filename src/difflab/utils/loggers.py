@@ -33,11 +33,19 @@ def make_wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> Wand
     ``mode``: auto (online with credentials, else offline), online, offline or disabled.
     The environment variable ``WANDB_MODE`` wins over the config.
     """
+    from difflab.utils.sweeps import wandb_identity
     from difflab.utils.wandb_env import resolve_wandb_mode
 
     resolved = resolve_wandb_mode(mode)
     tags = kwargs.pop("tags", None)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    # name = this job's overrides, group = the multirun's sweep; overrides/sweep go into the config
+    identity = wandb_identity()
+    for key in ("name", "group"):
+        if kwargs.get(key) is None and identity.get(key):
+            kwargs[key] = identity[key]
+    if identity.get("config"):
+        kwargs["config"] = {**identity["config"], **(kwargs.get("config") or {})}
     if tags:
         kwargs["tags"] = list(tags)
     from pathlib import Path
@@ -55,9 +63,8 @@ def finish_loggers(loggers: list[Logger], trainer=None) -> None:
                 continue
             offline = bool(getattr(getattr(run, "settings", None), "_offline", False)) or getattr(run, "offline", False)
             run_dir = getattr(run, "dir", None)
-            import wandb
-
-            wandb.finish()
+            failed = trainer is not None and getattr(trainer.state, "status", None) == "interrupted"
+            run.finish(exit_code=1 if failed else 0)  # this job's run, before the next job starts
             if offline and (trainer is None or trainer.is_global_zero):
                 sync_dir = run_dir.rsplit("/files", 1)[0] if run_dir else "<run dir>/wandb/offline-run-*"
                 print(f"W&B ran offline. To upload this run: wandb sync {sync_dir}")
