@@ -17,12 +17,13 @@ from torch import nn
 
 from difflab.diffusion.objectives import DiffusionObjective
 from difflab.diffusion.process import GaussianDiffusion
+from difflab.errors import DifflabError
 from difflab.samplers.base import Sampler
 
 NUM_LOSS_BUCKETS = 4
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DifflabError, RuntimeError):
     """Raised after too many consecutive steps with a NaN/inf loss or gradient."""
 
 

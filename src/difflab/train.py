@@ -126,6 +126,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         path = Path(str(cfg.ckpt_path)).expanduser()
         if not path.is_file():
             raise CheckpointError(f"ckpt_path={cfg.ckpt_path}: no such file. Give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
+        from difflab.utils.checkpoint import load_checkpoint
+
+        load_checkpoint(path)  # weights_only: an unsafe or truncated file stops here with one line
         return str(path)
     if str(cfg.get("resume", "auto")).lower() == "auto":
         # the newest of last.ckpt and the hpc_ckpt_N.ckpt Lightning saves when SLURM signals
@@ -147,6 +150,7 @@ def run(cfg: DictConfig) -> float | None:
     validate_config(cfg)
     scrub_run_dir(cfg.paths.output_dir, cfg)  # secrets out of the .hydra/*.yaml Hydra wrote
     config_dict = to_plain_dict(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the initial weights follow cfg.seed
     datamodule = build_datamodule(cfg)
     image_shape = tuple(datamodule.image_shape)
     module = build_module(cfg, image_shape, config_dict=config_dict)

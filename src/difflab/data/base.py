@@ -11,7 +11,10 @@ extra method:
 
 ``setup()`` builds ``train_set`` and ``val_set``; their items are ``(x, y)`` with ``x``
 float32 in [-1, 1] of shape ``image_shape`` and ``y`` an int64 label. The train loader
-shuffles with a generator seeded by ``seed``, so the data order is reproducible.
+shuffles with a permutation that is a pure function of ``(seed, epoch)``
+(:class:`EpochShuffleSampler`) and is a :class:`ResumableDataLoader`, whose position in the
+epoch is saved in Lightning checkpoints: a run resumed from any checkpoint, mid-epoch
+included, sees the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -24,18 +27,20 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
+
+from difflab.errors import DifflabError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 
 
-class DataNotFoundError(RuntimeError):
+class DataNotFoundError(DifflabError, RuntimeError):
     """The data set is not where it should be; the message says what to put where."""
 
 
-class CorruptDataError(RuntimeError):
+class CorruptDataError(DifflabError, RuntimeError):
     """Data files exist but cannot be read; the message names them and what to do."""
 
 
@@ -191,6 +196,133 @@ class TensorPointDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------
+# shuffling and resumable loading
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed from (seed, epoch); Python's hash of an int tuple is not randomized."""
+    return hash((int(seed), int(epoch), 0x5EED)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A random permutation that is a pure function of ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` at the start of every epoch, also after a resume, so
+    epoch ``e`` has the same order whether or not the run was interrupted before it. (A
+    ``RandomSampler`` with a seeded generator would instead restart its stream on resume.)
+    """
+
+    def __init__(self, data_source: Sequence[Any], seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        yield from torch.randperm(len(self.data_source), generator=g).tolist()
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+
+def _sampler_epoch(loader: DataLoader) -> int | None:
+    for s in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if s is not None and hasattr(s, "epoch"):
+            return int(s.epoch)
+    return None
+
+
+class _SkipBatches:
+    """A batch sampler that leaves out its first ``skip`` batches once (indices only, no loading)."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, batch in enumerate(self.batch_sampler):
+            if i >= skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+class _CountingIterator:
+    """Creates the DataLoader's iterator at the first ``next()`` and counts the batches it yields.
+
+    Lazy on purpose: Lightning creates the epoch's iterator before it calls ``set_epoch``
+    on a resumed run, and worker processes fetch indices as soon as an iterator exists.
+    """
+
+    def __init__(self, loader: ResumableDataLoader) -> None:
+        self.loader = loader
+        self.it: Any = None
+        loader._yielded = 0
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self.it is None:
+            self.it = self.loader._start_iterator()
+        batch = next(self.it)
+        self.loader._yielded += 1
+        return batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning saves in checkpoints (``state_dict`` / ``load_state_dict``).
+
+    The state is ``{"epoch", "batches"}``: the sampler's epoch and how many batches of it
+    were handed out. Lightning's loader fetches no batch ahead when the length is known, so
+    at a checkpoint this equals the number of training steps done in the epoch. After
+    ``load_state_dict`` the next iterator of that same epoch skips those batches (by index,
+    nothing is loaded); an iterator of another epoch starts at its beginning.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+        self._resume: tuple[int | None, int] | None = None
+        self._skip_now = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": _sampler_epoch(self), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = (state_dict.get("epoch"), int(state_dict.get("batches", 0)))
+
+    @property
+    def _index_sampler(self) -> Any:
+        base = super()._index_sampler
+        return _SkipBatches(base, self._skip_now) if self._skip_now else base
+
+    def _start_iterator(self) -> Any:
+        skip = 0
+        if self._resume is not None:
+            epoch, batches = self._resume
+            self._resume = None
+            if epoch == _sampler_epoch(self) and 0 < batches < len(self):
+                skip = batches
+                info("resuming epoch %s after its first %d batches", epoch, batches)
+        self._skip_now = skip
+        try:
+            it = DataLoader.__iter__(self)
+        finally:
+            self._skip_now = 0
+        self._yielded = skip
+        return it
+
+    def __iter__(self) -> _CountingIterator:  # type: ignore[override]
+        return _CountingIterator(self)
+
+
+# ----------------------------------------------------------------------------------------
 # the base module
 
 
@@ -272,11 +404,11 @@ class BaseDataModule(L.LightningDataModule):
         if dataset is None:
             self.setup()
             dataset = self.train_set if train else self.val_set
-        return DataLoader(
+        cls = ResumableDataLoader if train else DataLoader
+        return cls(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            sampler=EpochShuffleSampler(dataset, self.seed) if train else None,
             drop_last=self.drop_last if train else False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -153,7 +153,7 @@ def _check_one(path: Path) -> str | None:
         return None
     except Exception as e:  # truncated, not an image, decompression bomb, ...
         reason = str(e).replace(repr(str(path)), "").replace(str(path), "").strip()  # the path is listed anyway
-        return f"{type(e).__name__}: {reason}"
+        return f"{type(e).__name__}: {' '.join(reason.split())}"  # one line
 
 
 def default_cache_dir() -> Path:
@@ -368,10 +368,11 @@ class ImageFolderDataModule(BaseDataModule):
             )
         bad = check_images(self.root, files, self.cache_dir)
         if bad and not self.skip_corrupt:
-            listed = "\n".join(f"  {self.root / f}: {bad[f]}" for f in sorted(bad)[:_MAX_LISTED])
-            more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+            # one line, so that train.py prints it as a single `error: ...` line
+            listed = "; ".join(f"{self.root / f} ({bad[f]})" for f in sorted(bad)[:_MAX_LISTED])
+            more = f"; ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
             raise CorruptDataError(
-                f"{len(bad)} of {len(files)} image files under {self.root} cannot be decoded:\n{listed}{more}\n"
+                f"{len(bad)} of {len(files)} image files under {self.root} cannot be decoded: {listed}{more}. "
                 f"Fix or delete them, or set data.skip_corrupt=true to leave them out"
             )
         self.skipped_files = sorted(bad)

@@ -51,7 +51,28 @@ def make_wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> Wand
     from pathlib import Path
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(save_dir=save_dir, offline=resolved == "offline", mode=resolved, **kwargs)
+    logger = WandbLogger(save_dir=save_dir, offline=resolved == "offline", mode=resolved, **kwargs)
+    _start_without_secret_args(logger)
+    return logger
+
+
+def _start_without_secret_args(logger: WandbLogger) -> None:
+    """W&B records the command line (sys.argv) with each run: if it holds a secret (a value of
+    a secret-looking key, or WANDB_API_KEY), start the run now with those values redacted."""
+    import sys
+
+    from difflab.utils.hydra import _SECRET
+    from difflab.utils.validation import redact_overrides, secret_values
+
+    values = secret_values() + [v for k, sep, v in (a.partition("=") for a in sys.argv) if sep and v and _SECRET.search(k)]
+    if not any(v in arg for arg in sys.argv for v in values):
+        return
+    saved = sys.argv[:]
+    sys.argv[:] = redact_overrides(sys.argv, values)
+    try:
+        logger.experiment  # noqa: B018 - creates the run (rank 0 only) while argv is redacted
+    finally:
+        sys.argv[:] = saved
 
 
 def finish_loggers(loggers: list[Logger], trainer=None) -> None:

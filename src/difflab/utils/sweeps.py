@@ -70,8 +70,17 @@ def wandb_identity() -> dict[str, Any]:
     hc = hydra_config()
     if hc is None:
         return {}
-    overrides = [str(o) for o in hc.overrides.task]
-    out: dict[str, Any] = {"name": str(hc.job.override_dirname) or None, "config": {"overrides": overrides}}
+    from difflab.utils.hydra import _SECRET
+    from difflab.utils.validation import redact_overrides, redact_text, secret_values
+
+    raw = [str(o) for o in hc.overrides.task]
+    # values given to secret-looking keys on the command line (e.g. +secret_token=...) never reach W&B
+    values = secret_values() + [
+        v for k, sep, v in (o.partition("=") for o in raw) if sep and _SECRET.search(k) and v
+    ]
+    overrides = redact_overrides(raw, values)
+    name = redact_text(str(hc.job.override_dirname), values) if values else str(hc.job.override_dirname)
+    out: dict[str, Any] = {"name": name or None, "config": {"overrides": overrides}}
     if is_multirun(hc):
         group = sweep_group(hc.sweep.dir, hc.job.name)
         out["group"] = group
