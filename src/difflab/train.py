@@ -120,6 +120,15 @@ def _instantiate_group(node: DictConfig | None, key: str) -> list[Any]:
     return out
 
 
+def _share_cpu_threads(trainer: L.Trainer) -> None:
+    """Several CPU processes of one run (DDP on CPU) split the cores instead of each taking all:
+    oversubscribed OpenMP threads make small ops hundreds of times slower."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """ckpt_path if given (must exist), else with resume=auto <run dir>/checkpoints/last.ckpt (or a newer hpc_ckpt_N.ckpt)."""
     if cfg.get("ckpt_path"):
@@ -168,6 +177,7 @@ def run(cfg: DictConfig) -> float | None:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = _instantiate_group(cfg.get("logger"), "logger")
     trainer: L.Trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    _share_cpu_threads(trainer)
     for logger in loggers:
         logger.log_hyperparams(config_dict)
 
