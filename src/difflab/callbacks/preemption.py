@@ -39,6 +39,9 @@ class Preemption(Callback):
         dirpath: where to write ``last.ckpt``; default: the ModelCheckpoint's folder, else
             ``<trainer.default_root_dir>/checkpoints``.
         filename: the checkpoint's file name.
+        slurm_requeue: under SLURM (``SLURM_JOB_ID`` set), after saving on SIGUSR1 rank 0 runs
+            ``scontrol requeue`` for this job (as Lightning's SLURM handler does), so the job
+            starts again in the same run dir and resumes from ``last.ckpt`` (``resume=auto``).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class Preemption(Callback):
         signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1"),
         dirpath: str | None = None,
         filename: str = "last.ckpt",
+        slurm_requeue: bool = True,
     ) -> None:
         names = [signals] if isinstance(signals, str) else list(signals)
         known = {s.name for s in signal.valid_signals() if isinstance(s, signal.Signals)}
@@ -60,6 +64,8 @@ class Preemption(Callback):
         self.signals = [getattr(signal, n) for n in names]
         self.dirpath = dirpath
         self.filename = filename
+        self.slurm_requeue = bool(slurm_requeue)
+        self.requeued = False
         self.received: int | None = None
         self.saved_path: Path | None = None
         self._previous: dict[int, Any] = {}
@@ -140,3 +146,26 @@ class Preemption(Callback):
             "(resume=auto) or ckpt_path=%s",
             name, path, trainer.global_step, path,
         )
+        if self.received == signal.SIGUSR1 and trainer.is_global_zero:
+            self._requeue()
+
+    def _requeue(self) -> None:
+        """``scontrol requeue`` this SLURM job (array task), like Lightning's SLURM handler."""
+        import os
+        import subprocess
+
+        job = os.environ.get("SLURM_JOB_ID")
+        if not (self.slurm_requeue and job):
+            return
+        array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        job_id = f"{array_job}_{array_task}" if array_job and array_task else job
+        try:
+            result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("could not requeue SLURM job %s: %s; re-submit it to resume", job_id, e)
+            return
+        self.requeued = result.returncode == 0
+        if self.requeued:
+            log.warning("requeued SLURM job %s: it resumes from the saved checkpoint", job_id)
+        else:
+            log.warning("scontrol requeue %s failed (%s); re-submit the job to resume", job_id, result.stderr.strip())
