@@ -24,14 +24,16 @@ class Payload:
         return (os.mkdir, (self.marker,))
 
 
-def test_resume_from_a_malicious_checkpoint_runs_no_code(tmp_path):
+def test_resume_from_a_malicious_checkpoint_runs_no_code(tmp_path, capsys):
     marker = tmp_path / "payload-ran"
     bad = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "global_step": 0, "x": Payload(str(marker))}, bad)
     with pytest.raises((pickle.UnpicklingError, RuntimeError, SystemExit)) as err:
         torch.load(bad, weights_only=True)
     assert "weights_only" in str(err.value) or "Unsupported global" in str(err.value)
-    with pytest.raises(BaseException) as err:
+    with pytest.raises(SystemExit) as err:
         run_main(tmp_path / "run", [f"ckpt_path={bad}", "trainer.max_steps=1"])
-    assert not isinstance(err.value, SystemExit) or err.value.code != 0
+    assert err.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "refused for safety" in lines[0]
     assert not marker.exists()
