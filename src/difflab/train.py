@@ -129,6 +129,23 @@ def _share_cpu_threads(trainer: L.Trainer) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
 
 
+def save_final_checkpoint(trainer: L.Trainer) -> None:
+    """Write last.ckpt at the end of a finished fit when the last save is older.
+
+    ModelCheckpoint saves at validation only, so with trainer.max_steps not a multiple of
+    val_check_interval the final steps would otherwise be missing from last.ckpt."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cb = trainer.checkpoint_callback
+    if not isinstance(cb, ModelCheckpoint) or not cb.save_last or cb.dirpath is None:
+        return
+    if trainer.state.status != "finished" or getattr(cb, "_last_global_step_saved", -1) >= trainer.global_step:
+        return
+    path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    trainer.save_checkpoint(str(path))
+    cb.last_model_path = str(path)
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """ckpt_path if given (must exist), else with resume=auto <run dir>/checkpoints/last.ckpt (or a newer hpc_ckpt_N.ckpt)."""
     if cfg.get("ckpt_path"):
@@ -184,6 +201,7 @@ def run(cfg: DictConfig) -> float | None:
     # 3. fit
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        save_final_checkpoint(trainer)
     finally:
         finish_loggers(loggers, trainer)
 

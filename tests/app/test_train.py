@@ -155,3 +155,14 @@ def test_wandb_offline_run_holds_losses_and_a_grid(tmp_path):
     keys = set(summary["summary"])
     assert {"train/loss", "val/loss", "samples/grid", "train/loss_q0", "train/grad_norm", "train/lr"} <= keys
     assert summary["config"]["schedule"]["name"] == "cosine"
+
+
+def test_last_ckpt_holds_the_final_step_off_the_validation_grid(tmp_path):
+    """max_steps=3 with validation every 2 steps: last.ckpt still holds step 3."""
+    from difflab.train import run
+
+    cfg = compose_train([*TINY, "trainer.max_steps=3", "trainer.val_check_interval=2", "logger=none"], output_dir=str(tmp_path))
+    run(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert ckpt["callbacks"]["EMA"]["num_updates"] == 3
