@@ -141,6 +141,8 @@ def save_final_checkpoint(trainer: L.Trainer) -> None:
         return
     if trainer.state.status != "finished" or getattr(cb, "_last_global_step_saved", -1) >= trainer.global_step:
         return
+    if any(getattr(c, "saved_path", None) is not None for c in trainer.callbacks):
+        return  # the preemption callback saved mid-epoch; a save after fit would mark the epoch done
     path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
     trainer.save_checkpoint(str(path))
     cb.last_model_path = str(path)
