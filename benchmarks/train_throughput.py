@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import tempfile
 import time
@@ -279,7 +278,7 @@ def abc_table(batch: int, warmup: int, window: int, repeats: int, profile: bool)
             note(f"  round {r + 1}/{repeats} {k}: {res['ips']:.1f} images/s, loss {res['loss']:.4f}")
         loads.append(loadavg())
     n_params = sum(p.numel() for p in _backbone(compose_train(ABC_OVERRIDES)).parameters())
-    print(f"### Training throughput: A (Lightning) vs B (bare loop) vs C (diffusers-style loop)\n")
+    print("### Training throughput: A (Lightning) vs B (bare loop) vs C (diffusers-style loop)\n")
     print(f"Machine: {machine()}")
     print(f"Load average (1/5/15 min) before and after each round: {' -> '.join(loads)}")
     print(
@@ -397,7 +396,7 @@ def switches_table(batch: int, warmup: int, window: int, repeats: int, quick: bo
             note(f"  round {r + 1}/{repeats} {k}: {res['ips']:.1f} images/s, first step {res['first_step_s']:.1f}s, loss {res['loss']:.5f}")
         loads.append(loadavg())
     base = runs[next(iter(variants))]
-    print(f"### Speed switches (default config: backbone=unet, eps + min-SNR, AdamW, clip 1.0, EMA; lr_warmup_steps=0)\n")
+    print("### Speed switches (default config: backbone=unet, eps + min-SNR, AdamW, clip 1.0, EMA; lr_warmup_steps=0)\n")
     print(f"Machine: {machine()}")
     print(f"Load average (1/5/15 min) before and after each round: {' -> '.join(loads)}")
     print(f"batch {batch}, {warmup} warm-up steps then {window} timed steps per run, seed 0; {repeats} interleaved rounds\n")

@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from difflab.errors import CheckpointError, ConfigError, DifflabError
 from difflab.module import DiffusionModule

@@ -7,7 +7,6 @@ import sys
 
 import hydra
 import pytest
-import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, compose_train
+from tests.conftest import compose_train
 
 TINY = [
     "backbone.base_channels=8",
