@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from difflab.callbacks.base import evaluation_backbone
 from difflab.metrics import (
     METRICS,
     FeatureExtractor,
@@ -238,21 +239,15 @@ class FID(Callback):
     def _local_features(self, pl_module: L.LightningModule, count: int, rank: int) -> np.ndarray:
         """Features (count, D) of ``count`` samples drawn from the (seed, rank) generator."""
         generator = torch.Generator().manual_seed(rank_seed(self.seed, rank))
-        model = pl_module.eval_backbone()
         sampler = self._sampler(pl_module)
         shape = tuple(pl_module.image_shape)
-        was_training = model.training
-        model.eval()
         chunks = []
-        try:
-            with torch.inference_mode():
-                for start in range(0, count, self.batch_size):
-                    b = min(self.batch_size, count - start)
-                    x = generate(model, pl_module.process, sampler, (b, *shape), generator, progress=False,
-                                 device=pl_module.device)
-                    chunks.append(self.extractor.extract(to_uint8(x), batch_size=self.batch_size))
-        finally:
-            model.train(was_training)
+        with evaluation_backbone(pl_module) as model, torch.inference_mode():
+            for start in range(0, count, self.batch_size):
+                b = min(self.batch_size, count - start)
+                x = generate(model, pl_module.process, sampler, (b, *shape), generator, progress=False,
+                             device=pl_module.device)
+                chunks.append(self.extractor.extract(to_uint8(x), batch_size=self.batch_size))
         if not chunks:
             return np.empty((0, self.extractor.feature_dim), dtype=np.float64)
         return np.concatenate(chunks, axis=0)

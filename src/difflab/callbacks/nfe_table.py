@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from difflab.callbacks.base import evaluation_backbone
 from difflab.errors import ConfigError
 from difflab.samplers import SAMPLERS, Sampler
 from difflab.utils.logging import get_logger
@@ -151,10 +152,7 @@ class NFETable(Callback):
         world, rank = max(1, int(trainer.world_size)), int(trainer.global_rank)
         total = num_batches(self.n, self.batch_size)
         mine = list(range(rank, total, world))
-        model = pl_module.eval_backbone()
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluation_backbone(pl_module) as model:
             chunks = [
                 scorer.features(images)
                 for _, images in sample_batches(
@@ -162,8 +160,6 @@ class NFETable(Callback):
                     self.batch_size, pl_module.device, batches=mine, progress=trainer.is_global_zero,
                 )
             ]
-        finally:
-            model.train(was_training)
         dim = scorer.extractor.feature_dim
         local = np.concatenate(chunks) if chunks else np.empty((0, dim))
         if world == 1:

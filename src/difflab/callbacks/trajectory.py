@@ -10,19 +10,13 @@ logger that takes images; under DDP only rank 0 samples and logs.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from difflab.callbacks.base import PeriodicImageCallback, evaluation_backbone, image_shape_of
 from difflab.samplers import Trajectory, generate
-from difflab.utils.images import make_grid_uint8, save_png, to_uint8
-from difflab.utils.logging import get_logger
-from difflab.utils.loggers import log_image
-
-log = get_logger(__name__)
+from difflab.utils.images import make_grid_uint8, to_uint8
 
 
 def frame_indices(num_steps: int, num_frames: int) -> list[int]:
@@ -46,7 +40,7 @@ def trajectory_image(trajectory: Trajectory, num_frames: int, padding: int = 2) 
     return make_grid_uint8(tiles, nrow=len(frames), padding=padding)
 
 
-class DenoisingTrajectory(Callback):
+class DenoisingTrajectory(PeriodicImageCallback):
     """Trajectory images from fixed seeds with the evaluation weights.
 
     Args:
@@ -61,6 +55,10 @@ class DenoisingTrajectory(Callback):
         output_dir: the run dir (default: ``trainer.default_root_dir``).
     """
 
+    config_key = "trajectory"
+    log_key = "samples/trajectory"
+    what = "denoising trajectory"
+
     def __init__(
         self,
         every_n_steps: int = 0,
@@ -72,37 +70,19 @@ class DenoisingTrajectory(Callback):
         sampler=None,
         output_dir: str | None = None,
     ) -> None:
-        if every_n_steps < 0:
-            raise ValueError(f"callbacks.trajectory.every_n_steps must be >= 0, got {every_n_steps}")
+        super().__init__(every_n_steps, at_end, seed, dirname, sampler, output_dir)
         if num_seeds < 1:
             raise ValueError(f"callbacks.trajectory.num_seeds must be >= 1, got {num_seeds}")
         if num_frames < 2:
             raise ValueError(f"callbacks.trajectory.num_frames must be >= 2 (first and last step), got {num_frames}")
-        self.every_n_steps = int(every_n_steps)
-        self.at_end = bool(at_end)
         self.num_seeds = int(num_seeds)
         self.num_frames = int(num_frames)
-        self.seed = int(seed)
-        self.dirname = dirname
-        self.sampler = sampler
-        self.output_dir = output_dir
-        self._last_step = -1
-        self.last_path: Path | None = None
-
-    def _out_dir(self, trainer: L.Trainer) -> Path:
-        root = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir)
-        return root / self.dirname
 
     @torch.no_grad()
     def trajectory(self, pl_module: L.LightningModule) -> Trajectory:
         """Sample ``num_seeds`` images from ``seed`` and return their trajectory."""
-        shape = pl_module.image_shape
-        if shape is None or len(shape) != 3:
-            raise ValueError("DenoisingTrajectory needs an image data set (image_shape (C, H, W))")
-        model = pl_module.eval_backbone()
-        was_training = model.training
-        model.eval()
-        try:
+        shape = image_shape_of(pl_module, "DenoisingTrajectory")
+        with evaluation_backbone(pl_module) as model:
             _, trajectory = generate(
                 model,
                 pl_module.process,
@@ -113,28 +93,8 @@ class DenoisingTrajectory(Callback):
                 progress=False,
                 device=pl_module.device,
             )
-        finally:
-            model.train(was_training)
         return trajectory
 
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = trainer.global_step
-        if step == self._last_step or not trainer.is_global_zero:
-            return
-        self._last_step = step
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:
         image = trajectory_image(self.trajectory(pl_module), self.num_frames)
-        path = save_png(image, self._out_dir(trainer) / f"step_{step:07d}.png")
-        self.last_path = path
-        caption = f"step {step}: per seed x_t (top) and predicted x_0 (bottom)"
-        for logger in trainer.loggers:
-            log_image(logger, "samples/trajectory", image, step=step, caption=caption)
-        log.info("denoising trajectory written to %s", path)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
-            self._run(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end:
-            self._run(trainer, pl_module)
+        return image, f"step {trainer.global_step}: per seed x_t (top) and predicted x_0 (bottom)"
