@@ -103,7 +103,9 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         config=config_dict,
     )
     if cfg.get("compile"):
-        module.backbone = torch.compile(module.backbone)
+        # in place: the state-dict keys stay those of the plain backbone, so checkpoints of
+        # compiled and plain runs load into each other
+        module.backbone.compile()
     return module
 
 

@@ -95,3 +95,28 @@ def test_find_ema_and_bad_args():
         EMA(decay=1.0)
     with pytest.raises(ValueError, match="update_every"):
         EMA(update_every=0)
+
+
+@pytest.mark.parametrize("how", ["method", "wrapper"])
+def test_ema_copy_of_a_compiled_backbone_runs_eagerly_on_its_own_weights(how):
+    """A compiled backbone (``model.compile()`` or ``torch.compile(model)``) gives an EMA copy
+    that is a plain module with the same state-dict keys, whose forward uses the copy's weights."""
+    from difflab.callbacks.ema import uncompiled_copy
+
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    keys = list(net.state_dict())
+    if how == "method":
+        net.compile()
+        compiled = net
+    else:
+        compiled = torch.compile(net)
+    copy_ = uncompiled_copy(compiled)
+    assert type(copy_) is nn.Linear
+    assert getattr(copy_, "_compiled_call_impl", None) is None
+    assert list(copy_.state_dict()) == keys
+    with torch.no_grad():
+        copy_.weight.mul_(2.0)
+    x = torch.randn(4, 3)
+    assert torch.equal(copy_(x), torch.nn.functional.linear(x, copy_.weight, copy_.bias))
+    assert not torch.equal(copy_.weight, net.weight)

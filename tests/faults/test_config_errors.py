@@ -21,6 +21,8 @@ CASES = [
     (["resume=yes"], ["resume", "yes", "auto"]),
     (["trainer.gradient_clip_val=-1"], ["trainer.gradient_clip_val", "-1", ">= 0"]),
     (["data=image_folder"], ["data.root", "required"]),
+    (["compile=yes"], ["compile", "yes", "true or false"]),
+    (["channels_last=1"], ["channels_last", "1", "true or false"]),
 ]
 
 

@@ -65,7 +65,7 @@ class EMA(Callback):
     # ------------------------------------------------------------------ life cycle
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.ema_model is None:
-            self.ema_model = copy.deepcopy(pl_module.backbone).eval().requires_grad_(False)
+            self.ema_model = uncompiled_copy(pl_module.backbone).eval().requires_grad_(False)
         self.ema_model.to(pl_module.device)
         if self._pending_state is not None:
             self._load(self._pending_state)
@@ -127,6 +127,17 @@ class EMA(Callback):
     def _load(self, state: dict[str, Any]) -> None:
         self.num_updates = int(state["num_updates"])
         self.ema_model.load_state_dict(state["state_dict"])
+
+
+def uncompiled_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that runs eagerly, also when ``model`` was compiled
+    (``torch.compile(model)`` or ``model.compile()``): the EMA weights serve sampling and
+    validation at other batch sizes and in eval mode, where a compiled forward would recompile."""
+    model = getattr(model, "_orig_mod", model)
+    copy_ = copy.deepcopy(model)
+    if getattr(copy_, "_compiled_call_impl", None) is not None:
+        copy_._compiled_call_impl = None
+    return copy_
 
 
 def find_ema(trainer: L.Trainer | None) -> EMA | None:

@@ -69,6 +69,12 @@ def _int(cfg: DictConfig, key: str, minimum: int, allowed_extra: tuple[int, ...]
         raise ConfigError(f"{key} must be an integer >= {minimum}{extra}, got {value!r}")
 
 
+def _bool(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
 def check_run_settings(cfg: DictConfig) -> None:
     """Top-level keys of conf/train.yaml and the trainer's step counts."""
     resume = cfg.get("resume", "auto")
@@ -80,6 +86,8 @@ def check_run_settings(cfg: DictConfig) -> None:
     _int(cfg, "seed", minimum=0)
     _int(cfg, "lr_warmup_steps", minimum=0)
     _int(cfg, "max_consecutive_nonfinite", minimum=1)
+    for key in ("compile", "channels_last"):
+        _bool(cfg, key)
     if "trainer" in cfg:
         _int(cfg, "trainer.max_steps", minimum=1, allowed_extra=(-1,))
         _int(cfg, "trainer.accumulate_grad_batches", minimum=1)
