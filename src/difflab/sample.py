@@ -3,7 +3,7 @@
     python sample.py ckpt=<run dir>/checkpoints/last.ckpt sampler=ddim sampler.num_steps=50 \\
         n=1000 seed=0 batch_size=250 device=auto use_ema=true metrics=[fid,kid] feature=digits
 
-Writes into the run dir (``outputs/sample/<date>_<time>`` unless ``hydra.run.dir`` is given):
+Writes into the run dir (``outputs/sample/runs/<date>_<time>`` unless ``hydra.run.dir`` is given):
 
 - ``samples.npz``: ``images`` uint8 (N, H, W, C) and the protocol (``sampler``, ``num_steps``,
   ``eta``, ``seed``, ``n``, ``use_ema``, ``checkpoint``, ``global_step``, and ``protocol``, all of
