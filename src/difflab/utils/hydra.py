@@ -38,6 +38,23 @@ def auto_precision(kind: str = "auto") -> str:
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
+def auto_channels_last(accelerator: str = "auto", precision: str = "32-true") -> bool:
+    """Resolve ``${dl.channels_last:${trainer.accelerator},${trainer.precision}}``.
+
+    Channels-last pays on GPUs (cuDNN's NHWC kernels) and for float32 convolutions on CPUs
+    (oneDNN: 2.1x the contiguous step on an AVX2 EPYC, 1.02x on an AVX512 one), but under
+    bf16 autocast on a CPU it is the slow path (0.51x contiguous bf16 on an AVX512-BF16 EPYC;
+    benchmarks/README.md, "Speed switches"). So: true, except for bf16 on the CPU.
+    """
+    accelerator = str(accelerator).lower()
+    on_cpu = accelerator == "cpu"
+    if accelerator == "auto":
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    return not (on_cpu and str(precision).startswith("bf16"))
+
+
 def data_shape(data_node: Any, index: Any = None) -> Any:
     """Resolve ``${dl.data_shape:${data},0}``: the data module's sample shape (or one entry).
 
@@ -57,6 +74,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("dl.data_shape", data_shape)
     if not OmegaConf.has_resolver("dl.precision"):
         OmegaConf.register_new_resolver("dl.precision", auto_precision)
+    if not OmegaConf.has_resolver("dl.channels_last"):
+        OmegaConf.register_new_resolver("dl.channels_last", auto_channels_last)
     if not OmegaConf.has_resolver("dl.cpu_count"):
         OmegaConf.register_new_resolver("dl.cpu_count", lambda: os.cpu_count() or 1)
 
