@@ -15,7 +15,7 @@ from tests.conftest import ROOT, compose_train
 GROUPS = {
     "schedule": ["linear", "scaled_linear", "cosine", "sigmoid"],
     "objective": ["eps", "x0", "v"],
-    "sampler": ["ddpm", "ddim"],
+    "sampler": ["ddpm", "ddim", "ddim_eta1"],
     "backbone": ["unet", "diffusers_unet"],
     "optimizer": ["adamw"],
     "trainer": ["default", "cpu", "gpu", "ddp", "ddp_sim"],
@@ -188,3 +188,14 @@ def test_train_py_typos_exit_nonzero_before_training(override, expected, tmp_pat
     assert proc.returncode != 0
     assert expected in proc.stderr + proc.stdout
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_default_sampler_is_ddim_eta1_and_ddim_stays_deterministic():
+    from difflab.samplers import DDIMSampler
+    from difflab.train import build_core
+
+    _, _, default = build_core(compose_train([]))
+    _, _, ddim = build_core(compose_train(["sampler=ddim"]))
+    assert isinstance(default, DDIMSampler) and isinstance(ddim, DDIMSampler)
+    assert (default.num_steps, default.eta, default.spacing) == (50, 1.0, "trailing")
+    assert (ddim.num_steps, ddim.eta, ddim.spacing) == (50, 0.0, "trailing")
