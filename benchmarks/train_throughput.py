@@ -5,6 +5,7 @@
     python benchmarks/train_throughput.py --no-switches    # only the A/B/C table
     python benchmarks/train_throughput.py --switches       # only the speed-switch table
     python benchmarks/train_throughput.py --profile        # + torch.profiler top ops of one A and one B step
+    python benchmarks/train_throughput.py --switches --flops   # + FLOPs per step of each backbone (for MFU)
 
 A/B/C train the same network (``difflab.backbones.DiffusersUNet`` defaults, i.e. one
 ``diffusers.UNet2DModel``, same initial weights), on the same mnist5k loader (batch, order),
@@ -57,6 +58,7 @@ ABC_OVERRIDES = [
     "~callbacks.progress_bar",
     "trainer.accelerator=cpu",
     "trainer.precision=32-true",
+    "channels_last=false",  # B and C run the plain (contiguous) layout of diffusers' example
     "trainer.enable_progress_bar=false",
     "+trainer.enable_checkpointing=false",
     "trainer.enable_model_summary=false",
@@ -376,7 +378,7 @@ def loader_ips(batch: int, num_workers: int, batches: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def switches_table(batch: int, warmup: int, window: int, repeats: int, quick: bool) -> None:
+def switches_table(batch: int, warmup: int, window: int, repeats: int, quick: bool) -> float:
     variants = {
         "baseline (32-true, contiguous, eager)": [],
         "channels_last=true": ["channels_last=true"],
@@ -429,6 +431,61 @@ def switches_table(batch: int, warmup: int, window: int, repeats: int, quick: bo
     print(f"\nData loading alone ({nb} batches of {batch}, after the first) against the baseline training throughput "
           f"({median([x['ips'] for x in base]):.1f} images/s)\n")
     print(table(["loader", "images/s", "vs training images/s"], rows))
+    return median([x["ips"] for x in base])
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs per training step (for model FLOPs utilisation)
+
+#: backbone configs: (name, overrides)
+FLOP_MODELS = [
+    ("default UNet (backbone=unet), mnist5k 1x28x28", []),
+    ("DiffusersUNet defaults (backbone=diffusers_unet), 1x28x28", ["backbone=diffusers_unet"]),
+    ("DDPM CIFAR-10 UNet (experiment=cifar10_ddpm), 3x32x32", ["experiment=cifar10_ddpm"]),
+]
+
+
+def step_flops(overrides: list[str], batch: int) -> tuple[int, int, int]:
+    """(parameters, forward FLOPs, forward + backward FLOPs) of one training step of the
+    backbone at ``batch``, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
+    convolutions, 2 FLOPs per multiply-add) on a batch of 2 and scaled linearly (every counted
+    op is linear in the batch)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = compose_train([*SWITCH_BASE, *overrides])
+    model = _backbone(cfg).train()
+    from difflab.train import build_datamodule
+
+    shape = tuple(build_datamodule(cfg).image_shape)
+    x = torch.randn(2, *shape)
+    t = torch.randint(0, 1000, (2,))
+    with FlopCounterMode(display=False) as fwd:
+        out = model(x, t)
+    with FlopCounterMode(display=False) as bwd:
+        out.float().pow(2).mean().backward()
+    params = sum(p.numel() for p in model.parameters())
+    f, b = fwd.get_total_flops(), bwd.get_total_flops()
+    return params, f * batch // 2, (f + b) * batch // 2
+
+
+def flops_table(batch: int, default_ips: float | None) -> None:
+    """FLOPs per training step of each backbone and what a measured step rate means in TFLOP/s."""
+    rows = []
+    for name, ov in FLOP_MODELS:
+        params, fwd, total = step_flops(ov, batch)
+        rows.append([name, f"{params / 1e6:.2f}M", f"{fwd / 1e9:.1f}", f"{total / 1e9:.1f}",
+                     f"{total / 1e12 * 1e3 / 989:.3f}"])
+    print(f"### FLOPs per training step (batch {batch}; FlopCounterMode, 2 FLOPs per multiply-add)\n")
+    print(table(["backbone", "parameters", "forward GFLOP", "forward + backward GFLOP",
+                 "ms per step at 989 TFLOP/s (H100/H200 dense bf16 peak)"], rows))
+    if default_ips:
+        total = step_flops([], batch)[2]
+        print(f"\nThe default UNet at the measured baseline rate here ({default_ips:.1f} images/s) runs at "
+              f"{total / batch * default_ips / 1e9:.1f} GFLOP/s on this CPU.")
+    print("\nModel FLOPs utilisation = (forward + backward FLOPs per step) x (steps/s) / (device peak FLOP/s);"
+          " on a GPU time the step with `python train.py experiment=cifar10_ddpm trainer=gpu` (steps/s in the"
+          " progress bar) and divide.")
 
 
 def main() -> None:
@@ -442,6 +499,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
     p.add_argument("--switch-repeats", type=int, default=None, help="interleaved rounds of the switch table (default 2; --quick 1)")
     p.add_argument("--profile", action="store_true", help="also print profiler summaries of A and B")
+    p.add_argument("--flops", action="store_true", help="also print FLOPs per training step of each backbone (for MFU)")
     p.add_argument("--device", default="cpu", help="only cpu is wired up; see the README's GPU section")
     args = p.parse_args()
     if args.device != "cpu":
@@ -456,8 +514,12 @@ def main() -> None:
         if not args.switches:
             abc_table(batch, warmup, window, repeats, args.profile)
             print()
+        base_ips = None
         if not args.no_switches:
-            switches_table(batch, warmup, window, args.switch_repeats or (1 if args.quick else 2), args.quick)
+            base_ips = switches_table(batch, warmup, window, args.switch_repeats or (1 if args.quick else 2), args.quick)
+        if args.flops:
+            print()
+            flops_table(batch, base_ips)
     print(f"\n(total {sw.seconds:.0f} s)")
 
 
