@@ -58,8 +58,8 @@ def test_ddp_sim_fid_ema_and_grids(tmp_path):
     assert protocol["world_size"] == 2
     assert protocol["per_rank_counts"] == [N // 2, N // 2]
     assert sum(protocol["per_rank_counts"]) == protocol["n_fake"] == protocol["n"] == N
-    key = f"fid/digits/ddim2/n{N}"
-    assert set(fid["scores"]) == {key, f"kid/digits/ddim2/n{N}"}
+    key = f"fid/digits/ddim2_eta1/n{N}"
+    assert set(fid["scores"]) == {key, f"kid/digits/ddim2_eta1/n{N}"}
 
     # (b) EMA weights: bit for bit equal on both ranks
     paths = [run_dir / f"ema_rank{r}.safetensors" for r in (0, 1)]

@@ -71,7 +71,7 @@ def test_writes_npz_and_grid(tiny_ckpt, tmp_path):
     with np.load(tmp_path / "samples.npz", allow_pickle=False) as f:
         images = f["images"]
         assert images.dtype == np.uint8 and images.shape == (5, 28, 28, 1)
-        assert str(f["sampler"]) == "ddim" and int(f["num_steps"]) == 2 and float(f["eta"]) == 0.0
+        assert str(f["sampler"]) == "ddim" and int(f["num_steps"]) == 2 and float(f["eta"]) == 1.0  # the default sampler: ddim_eta1
         assert int(f["seed"]) == 3 and int(f["n"]) == 5 and bool(f["use_ema"]) and int(f["global_step"]) == 2
         protocol = json.loads(str(f["protocol"]))
     assert protocol["sampler"] == "ddim" and protocol["sampler_config"]["prediction_type"] == "eps"
@@ -122,9 +122,9 @@ def test_exported_safetensors_sample_like_the_checkpoint(tiny_ckpt, tmp_path):
 def test_metrics_table_and_json(tiny_ckpt, tmp_path, capsys):
     result = sample(tiny_ckpt, tmp_path / "out", "n=6", "batch_size=3", "metrics=[fid,kid]", cache=tmp_path / "cache")
     out = capsys.readouterr().out
-    assert "fid/digits/ddim2/n6" in out and "kid/digits/ddim2/n6" in out and "floor" in out
+    assert "fid/digits/ddim2_eta1/n6" in out and "kid/digits/ddim2_eta1/n6" in out and "floor" in out
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(report["metrics"]) == {"fid/digits/ddim2/n6", "kid/digits/ddim2/n6"}
+    assert set(report["metrics"]) == {"fid/digits/ddim2_eta1/n6", "kid/digits/ddim2_eta1/n6"}
     assert all(np.isfinite(v) for v in report["metrics"].values())
     assert report["floor"]["n"] == 6 and np.isfinite(report["floor"]["fid"])
     assert report["score_protocol"]["n_real"] == 6 and report["score_protocol"]["real"]["split"] == "train"

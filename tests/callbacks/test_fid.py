@@ -133,19 +133,19 @@ def test_short_run_logs_fid_under_protocol_keys_and_reuses_the_cache(tmp_path, m
         return original_save(self, key, stats)
 
     monkeypatch.setattr(RealStatsCache, "save", counting_save)
-    key, floor = "fid/digits/ddim2/n32", "fid_floor/digits/n32"
+    key, floor = "fid/digits/ddim2_eta1/n32", "fid_floor/digits/n32"
     overrides = [*FID_ON, f"callbacks.fid.cache_dir={cache_dir}", f"optimized_metric={key}"]
 
     metric, _ = run_tiny(tmp_path / "a", [*overrides, "logger=wandb"], steps=2)
     summary = _wandb_summary(tmp_path / "a")
     scores = summary["summary"]
     assert summary["state"] == "finished"
-    assert {key, "kid/digits/ddim2/n32", floor, "kid_floor/digits/n32"} <= set(scores)
+    assert {key, "kid/digits/ddim2_eta1/n32", floor, "kid_floor/digits/n32"} <= set(scores)
     assert metric == pytest.approx(scores[key])  # trainer.callback_metrics: what sweepers read
     assert np.isfinite(scores[key]) and scores[key] > scores[floor] > 0
     protocol = summary["config"]["fid_protocol"]
     assert protocol["feature"] == "digits" and len(protocol["feature_hash"]) == 16
-    assert (protocol["sampler"], protocol["num_steps"], protocol["eta"]) == ("ddim", 2, 0)
+    assert (protocol["sampler"], protocol["num_steps"], protocol["eta"]) == ("ddim", 2, 1)  # default: ddim_eta1
     assert (protocol["n"], protocol["world_size"], protocol["per_rank_counts"]) == (32, 1, [32])
     assert scores["fid_protocol"]["n"] == 32
     record = json.loads((tmp_path / "a" / "fid" / "step_0000002.json").read_text())
