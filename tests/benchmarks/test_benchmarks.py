@@ -1,7 +1,7 @@
 """Every script in benchmarks/ runs with --quick and prints a markdown table.
 
-Slow: on the 2 shared CPU cores of the development machine the scripts together take
-5-15 minutes (each is under a minute on an idle machine). Run with ``pytest -m slow``.
+Slow: on 2 CPU cores the scripts together take about 80 s when the machine is idle (12-21 s
+each) and 5-15 minutes when it is shared. Run with ``pytest -m slow`` (``make test-slow``).
 """
 
 from __future__ import annotations
