@@ -471,18 +471,18 @@ def step_flops(overrides: list[str], batch: int) -> tuple[int, int, int]:
 
 def flops_table(batch: int, default_ips: float | None) -> None:
     """FLOPs per training step of each backbone and what a measured step rate means in TFLOP/s."""
-    rows = []
+    rows, totals = [], []
     for name, ov in FLOP_MODELS:
         params, fwd, total = step_flops(ov, batch)
+        totals.append(total)
         rows.append([name, f"{params / 1e6:.2f}M", f"{fwd / 1e9:.1f}", f"{total / 1e9:.1f}",
                      f"{total / 1e12 * 1e3 / 989:.3f}"])
     print(f"### FLOPs per training step (batch {batch}; FlopCounterMode, 2 FLOPs per multiply-add)\n")
     print(table(["backbone", "parameters", "forward GFLOP", "forward + backward GFLOP",
                  "ms per step at 989 TFLOP/s (H100/H200 dense bf16 peak)"], rows))
-    if default_ips:
-        total = step_flops([], batch)[2]
+    if default_ips:  # FLOP_MODELS[0] is the default UNet the switch table timed
         print(f"\nThe default UNet at the measured baseline rate here ({default_ips:.1f} images/s) runs at "
-              f"{total / batch * default_ips / 1e9:.1f} GFLOP/s on this CPU.")
+              f"{totals[0] / batch * default_ips / 1e9:.1f} GFLOP/s on this CPU.")
     print("\nModel FLOPs utilisation = (forward + backward FLOPs per step) x (steps/s) / (device peak FLOP/s);"
           " on a GPU time the step with `python train.py experiment=cifar10_ddpm trainer=gpu` (steps/s in the"
           " progress bar) and divide.")

@@ -35,7 +35,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from difflab.callbacks.base import evaluation_backbone
+from difflab.callbacks.base import evaluation_backbone, image_shape_of
 from difflab.metrics import (
     METRICS,
     FeatureExtractor,
@@ -191,9 +191,7 @@ class FID(Callback):
         return sampler
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        shape = getattr(pl_module, "image_shape", None)
-        if shape is None or len(shape) != 3:
-            raise ValueError(f"callbacks.fid needs image data (image_shape (C, H, W)), got image_shape {shape}")
+        image_shape_of(pl_module, "callbacks.fid")
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "real_images") or not hasattr(dm, "name"):
             raise ValueError(
