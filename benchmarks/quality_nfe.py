@@ -71,12 +71,12 @@ def train_tiny(out_dir: str) -> Path:
     return Path(out_dir) / "checkpoints" / "last.ckpt"
 
 
-def build_sampler(kind: str, steps: int | None, opt, prediction_type: str):
+def build_sampler(kind: str, steps: int | None, opt):
     from difflab.samplers import DDIMSampler, DDPMSampler
 
     if kind == "ddpm":
-        return DDPMSampler(num_steps=steps, variance_type=opt, prediction_type=prediction_type)
-    return DDIMSampler(num_steps=steps, eta=opt, prediction_type=prediction_type)
+        return DDPMSampler(num_steps=steps, variance_type=opt)
+    return DDIMSampler(num_steps=steps, eta=opt)
 
 
 def main() -> None:
@@ -120,12 +120,13 @@ def main() -> None:
         rows = []
         loads = [loadavg()]
         for name, (kind, steps, opt) in table_of.items():
-            sampler = build_sampler(kind, steps, opt, model.objective.target)
+            sampler = build_sampler(kind, steps, opt)
             info = sampler_info(sampler, T)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 images = torch.cat([x for _, x in sample_batches(
-                    model.backbone, model.process, sampler, model.image_shape, n, args.seed, args.batch_size, "cpu", progress=False)])
+                    model.backbone, model.process, sampler, model.image_shape, n, args.seed, args.batch_size, "cpu", progress=False,
+                    prediction_type=model.objective.target)])
             secs = time.perf_counter() - t0
             res = {r["metric"]: r for r in scorer.score(images, info)}
             loads.append(loadavg())

@@ -73,8 +73,8 @@ def main() -> None:
     model = DiffusersUNet().eval()  # 28x28x1, block_out_channels (32, 64, 64)
     shape = (batch, model.in_channels, *model.sample_size)
     process = GaussianDiffusion.from_schedule("linear", num_timesteps=1000)
-    ddim = DDIMSampler(num_steps=steps, eta=0.0, spacing="trailing", prediction_type="eps")
-    ddpm = DDPMSampler(num_steps=steps, prediction_type="eps")
+    ddim = DDIMSampler(num_steps=steps, eta=0.0, spacing="trailing")
+    ddpm = DDPMSampler(num_steps=steps)
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=1e-4,
@@ -109,10 +109,10 @@ def main() -> None:
             model(x, t)
 
     def ours_ddim() -> torch.Tensor:
-        return generate(model, process, ddim, shape, torch.Generator().manual_seed(args.seed), progress=False)
+        return generate(model, process, ddim, shape, torch.Generator().manual_seed(args.seed), progress=False, prediction_type="eps")
 
     def ours_ddpm() -> torch.Tensor:
-        return generate(model, process, ddpm, shape, torch.Generator().manual_seed(args.seed), progress=False)
+        return generate(model, process, ddpm, shape, torch.Generator().manual_seed(args.seed), progress=False, prediction_type="eps")
 
     def diffusers_ddim() -> torch.Tensor:
         return pipeline(
@@ -132,7 +132,7 @@ def main() -> None:
     step_diff = 0.0
     for t_now, t_prev in zip(grid.tolist(), prev_timesteps(grid).tolist()):
         x_t, eps = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-        ours = ddim.step(process, eps, t_now, t_prev, x_t).prev_sample
+        ours = ddim.step(process, eps, t_now, t_prev, x_t, prediction_type="eps").prev_sample
         theirs = pipeline.scheduler.step(eps, t_now, x_t).prev_sample
         step_diff = max(step_diff, (ours - theirs).abs().max().item())
 

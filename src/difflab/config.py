@@ -73,7 +73,6 @@ class ObjectiveConfig:
 # --------------------------------------------------------------------------- samplers
 @dataclass
 class _SamplerCommon:
-    prediction_type: str = "eps"
     clip_sample: bool = True
     clip_range: float = 1.0
     dynamic_thresholding: bool = False

@@ -136,6 +136,8 @@ def sample_batches(
     device: torch.device | str,
     batches: Sequence[int] | None = None,
     progress: bool = True,
+    *,
+    prediction_type: str,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(batch index, uint8 images (B, C, H, W) on the CPU)`` for the batches of n samples.
 
@@ -149,7 +151,8 @@ def sample_batches(
     for b in tqdm(indices, desc="sampling", unit="batch", disable=not progress, dynamic_ncols=True):
         size = batch_size_of(b, n, batch_size)
         generator = torch.Generator().manual_seed(batch_seed(seed, b))
-        x = generate(model, process, sampler, (size, *image_shape), generator, progress=False, device=device)
+        x = generate(model, process, sampler, (size, *image_shape), generator, progress=False, device=device,
+                     prediction_type=prediction_type)
         yield b, to_uint8(x).cpu()
 
 
@@ -331,6 +334,7 @@ def write_npz(path: str | Path, arrays: dict[str, Any]) -> Path:
 def _sampler_node(cfg: DictConfig, ckpt_sampler: dict[str, Any]) -> DictConfig:
     """The sampler config: a chosen group option (``sampler=ddim``) as is; else the checkpoint's,
     with any ``+sampler.KEY=VALUE`` overrides merged on top."""
+    ckpt_sampler = {k: v for k, v in ckpt_sampler.items() if k != "prediction_type"}  # older checkpoints
     node = cfg.get("sampler")
     if node is None:
         return OmegaConf.create(ckpt_sampler)
@@ -398,7 +402,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     start = time.perf_counter()
     images = torch.cat(
-        [x for _, x in sample_batches(backbone, process, sampler, model.image_shape, n, seed, batch_size, device, progress=bool(cfg.get("progress", True)))]
+        [x for _, x in sample_batches(backbone, process, sampler, model.image_shape, n, seed, batch_size, device, progress=bool(cfg.get("progress", True)), prediction_type=model.objective.target)]
     )
     seconds = time.perf_counter() - start
     if images.ndim != 4:

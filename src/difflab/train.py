@@ -51,11 +51,6 @@ def build_core(cfg: DictConfig):
         sampler.timesteps(T)
     except ValueError as e:
         raise ConfigError(f"{key_message('sampler', e, cfg.sampler)} (schedule.num_timesteps={T})") from None
-    if sampler.prediction_type != objective.target:
-        raise ConfigError(
-            f"sampler.prediction_type={sampler.prediction_type!r} differs from objective.target="
-            f"{objective.target!r}; leave sampler.prediction_type at its default ${{objective.target}}"
-        )
     if float(process.alphas_cumprod[-1]) == 0.0 and objective.target == "eps":
         raise ConfigError(
             "schedule.zero_terminal_snr=true needs objective=v or objective=x0: with eps-prediction x0 is "

@@ -200,12 +200,6 @@ class FID(Callback):
             )
         sampler = self._sampler(pl_module)
         sampler.timesteps(pl_module.process.num_timesteps)  # a bad num_steps fails now, not at the first score
-        target = getattr(getattr(pl_module, "objective", None), "target", None)
-        if target is not None and sampler.prediction_type != target:
-            raise ValueError(
-                f"callbacks.fid.sampler.prediction_type={sampler.prediction_type!r} differs from "
-                f"objective.target={target!r}; set it to ${{objective.target}}"
-            )
         if self.extractor is None:
             self.extractor = build_feature_extractor(self.feature, weights_path=self.weights_path)
 
@@ -244,6 +238,7 @@ class FID(Callback):
             for start in range(0, count, self.batch_size):
                 b = min(self.batch_size, count - start)
                 x = generate(model, pl_module.process, sampler, (b, *shape), generator, progress=False,
+                             prediction_type=pl_module.objective.target,
                              device=pl_module.device)
                 chunks.append(self.extractor.extract(to_uint8(x), batch_size=self.batch_size))
         if not chunks:

@@ -124,13 +124,13 @@ class NFETable(Callback):
         self.plot_path: Path | None = None
 
     # ------------------------------------------------------------------ samplers
-    def build_samplers(self, prediction_type: str, num_timesteps: int) -> list[Sampler]:
+    def build_samplers(self, num_timesteps: int) -> list[Sampler]:
         """One sampler per entry, validated against T (a bad entry raises ConfigError)."""
         samplers = []
         for i, entry in enumerate(self.entries):
             options = {k: v for k, v in entry.items() if k != "name"}
             try:
-                sampler = SAMPLERS[entry["name"]](prediction_type=prediction_type, **options)
+                sampler = SAMPLERS[entry["name"]](**options)
                 sampler.timesteps(num_timesteps)
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"callbacks.nfe_table.samplers[{i}] {entry}: {e} (schedule.num_timesteps={num_timesteps})") from None
@@ -139,7 +139,7 @@ class NFETable(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.enabled and stage == "fit":  # bad entries stop the run before the first step
-            self.build_samplers(pl_module.sampler.prediction_type, pl_module.process.num_timesteps)
+            self.build_samplers(pl_module.process.num_timesteps)
 
     def _out_dir(self, trainer: L.Trainer) -> Path:
         return Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir)
@@ -158,6 +158,7 @@ class NFETable(Callback):
                 for _, images in sample_batches(
                     model, pl_module.process, sampler, pl_module.image_shape, self.n, self.seed,
                     self.batch_size, pl_module.device, batches=mine, progress=trainer.is_global_zero,
+                    prediction_type=pl_module.objective.target,
                 )
             ]
         dim = scorer.extractor.feature_dim
@@ -186,7 +187,7 @@ class NFETable(Callback):
             log.warning("NFETable: needs an image data module with real_images(); skipped")
             return []
         T = pl_module.process.num_timesteps
-        samplers = self.build_samplers(pl_module.sampler.prediction_type, T)
+        samplers = self.build_samplers(T)
         scorer = Scorer(datamodule, self.feature, self.metrics, self.n, self.cache_dir, device=pl_module.device, floor=self.floor)
         step = trainer.global_step
         self.rows = []

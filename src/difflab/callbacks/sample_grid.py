@@ -60,6 +60,7 @@ class SampleGrid(PeriodicImageCallback):
                 (self.num_samples, *shape),
                 torch.Generator().manual_seed(self.seed),
                 progress=False,
+                prediction_type=pl_module.objective.target,
                 device=pl_module.device,
             )
         return to_uint8(x).cpu()

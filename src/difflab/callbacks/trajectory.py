@@ -91,6 +91,7 @@ class DenoisingTrajectory(PeriodicImageCallback):
                 torch.Generator().manual_seed(self.seed),
                 return_trajectory=True,
                 progress=False,
+                prediction_type=pl_module.objective.target,
                 device=pl_module.device,
             )
         return trajectory

@@ -19,6 +19,7 @@ __all__ = [
     "SPACINGS",
     "Sampler",
     "StepOutput",
+    "check_prediction_type",
     "make_timesteps",
     "prev_timesteps",
     "threshold_sample",
@@ -119,11 +120,20 @@ def threshold_sample(sample: Tensor, ratio: float = 0.995, max_value: float = 1.
     return flat.reshape(sample.shape).to(dtype)
 
 
+def check_prediction_type(prediction_type: str) -> str:
+    """``prediction_type`` if it is one of ``eps | x0 | v``, else ValueError."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+    return prediction_type
+
+
 class Sampler:
     """Base class of the samplers: validated options, the timestep grid, x_0 post-processing.
 
-    Subclasses implement :meth:`step`. ``prediction_type`` says what the model outputs
-    (``eps | x0 | v``); conversions go through :meth:`GaussianDiffusion.split_prediction`.
+    Subclasses implement :meth:`step`. What the model outputs (``eps | x0 | v``) is not a
+    sampler option: it belongs to the trained model (its objective), and the loop passes it to
+    every ``step`` as ``prediction_type``; conversions go through
+    :meth:`GaussianDiffusion.split_prediction`.
     With a zero-terminal-SNR process the first ``trailing`` step is at alpha-bar = 0, where an
     eps-prediction defines no x_0 (the step returns non-finite values): use ``v`` or ``x0``
     there (Lin et al. 2023, arXiv:2305.08891, sec. 3.2).
@@ -133,7 +143,6 @@ class Sampler:
         self,
         num_steps: int | None,
         spacing: str,
-        prediction_type: str = "eps",
         clip_sample: bool = True,
         clip_range: float = 1.0,
         dynamic_thresholding: bool = False,
@@ -145,10 +154,6 @@ class Sampler:
             raise ValueError(f"num_steps must be an integer >= 1 or None, got {num_steps!r}")
         if spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {spacing!r}; choose one of {list(SPACINGS)}")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}"
-            )
         if not clip_range > 0:
             raise ValueError(f"clip_range must be > 0, got {clip_range!r}")
         if not 0 < dynamic_thresholding_ratio <= 1:
@@ -161,7 +166,6 @@ class Sampler:
             raise ValueError(f"steps_offset must be an integer >= 0, got {steps_offset!r}")
         self.num_steps = None if num_steps is None else int(num_steps)
         self.spacing = spacing
-        self.prediction_type = prediction_type
         self.clip_sample = bool(clip_sample)
         self.clip_range = float(clip_range)
         self.dynamic_thresholding = bool(dynamic_thresholding)
@@ -188,9 +192,12 @@ class Sampler:
 
     @staticmethod
     def check_step_args(
-        process: GaussianDiffusion, model_output: Tensor, t: int, t_prev: int, x_t: Tensor
+        process: GaussianDiffusion, model_output: Tensor, t: int, t_prev: int, x_t: Tensor,
+        prediction_type: str,
     ) -> None:
-        """Raise ValueError unless 0 <= t < T, -1 <= t_prev < t and the shapes match."""
+        """Raise ValueError unless 0 <= t < T, -1 <= t_prev < t, the shapes match and the
+        prediction type is known."""
+        check_prediction_type(prediction_type)
         T = process.num_timesteps
         if not _is_int(t) or not 0 <= t < T:
             raise ValueError(f"t must be an int in [0, {T - 1}], got {t!r}")
@@ -228,10 +235,12 @@ class Sampler:
         x_t: Tensor,
         generator: torch.Generator | None = None,
         *,
+        prediction_type: str,
         noise: Tensor | None = None,
     ) -> StepOutput:
         """Map x_t to x_{t_prev} given the model output at ``t``; ``t_prev = -1`` for the last step.
 
-        Stochastic samplers draw their noise from ``generator`` (or take ``noise``).
+        ``prediction_type`` is what ``model_output`` is (``eps | x0 | v``, the trained objective's
+        target). Stochastic samplers draw their noise from ``generator`` (or take ``noise``).
         """
         raise NotImplementedError

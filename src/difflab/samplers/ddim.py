@@ -29,7 +29,6 @@ class DDIMSampler(Sampler):
         num_steps: int = 50,
         eta: float = 0.0,
         spacing: str = "trailing",
-        prediction_type: str = "eps",
         clip_sample: bool = True,
         clip_range: float = 1.0,
         dynamic_thresholding: bool = False,
@@ -42,7 +41,6 @@ class DDIMSampler(Sampler):
         super().__init__(
             num_steps=num_steps,
             spacing=spacing,
-            prediction_type=prediction_type,
             clip_sample=clip_sample,
             clip_range=clip_range,
             dynamic_thresholding=dynamic_thresholding,
@@ -61,6 +59,7 @@ class DDIMSampler(Sampler):
         x_t: Tensor,
         generator: torch.Generator | None = None,
         *,
+        prediction_type: str,
         noise: Tensor | None = None,
     ) -> StepOutput:
         """One DDIM step from ``t`` to ``t_prev`` (formulas (12) and (16) of arXiv:2010.02502).
@@ -74,7 +73,7 @@ class DDIMSampler(Sampler):
         - ``pred_sample_direction``             -> "direction pointing to x_t"
         - ``prev_sample``                       -> x_{t-1}
         """
-        self.check_step_args(process, model_output, t, t_prev, x_t)
+        self.check_step_args(process, model_output, t, t_prev, x_t, prediction_type)
         dtype, device = x_t.dtype, x_t.device
 
         # 1. compute alphas, betas (alpha-bar of t_prev < 0 is 1)
@@ -85,7 +84,7 @@ class DDIMSampler(Sampler):
 
         # 2. compute the "predicted x_0" and eps, formula (12) of arXiv:2010.02502
         t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=device)
-        pred_x0, pred_eps = process.split_prediction(model_output, x_t, t_batch, self.prediction_type)
+        pred_x0, pred_eps = process.split_prediction(model_output, x_t, t_batch, prediction_type)
 
         # 3. clip or threshold the predicted x_0 (Saharia et al. 2022, arXiv:2205.11487, sec. 2.3)
         pred_x0 = self.postprocess_x0(pred_x0)

@@ -30,7 +30,6 @@ class DDPMSampler(Sampler):
         self,
         num_steps: int | None = None,
         spacing: str = "leading",
-        prediction_type: str = "eps",
         variance_type: str = "fixed_small",
         clip_sample: bool = True,
         clip_range: float = 1.0,
@@ -46,7 +45,6 @@ class DDPMSampler(Sampler):
         super().__init__(
             num_steps=num_steps,
             spacing=spacing,
-            prediction_type=prediction_type,
             clip_sample=clip_sample,
             clip_range=clip_range,
             dynamic_thresholding=dynamic_thresholding,
@@ -65,6 +63,7 @@ class DDPMSampler(Sampler):
         x_t: Tensor,
         generator: torch.Generator | None = None,
         *,
+        prediction_type: str,
         noise: Tensor | None = None,
     ) -> StepOutput:
         """One ancestral step from ``t`` to ``t_prev`` (Ho et al. 2020, eqs. 6-7, 15; Algorithm 2).
@@ -78,7 +77,7 @@ class DDPMSampler(Sampler):
         - ``variance``                          -> sigma_t^2
         - ``noise``                             -> z ~ N(0, I)
         """
-        self.check_step_args(process, model_output, t, t_prev, x_t)
+        self.check_step_args(process, model_output, t, t_prev, x_t, prediction_type)
         dtype = x_t.dtype
 
         # 1. compute alphas, betas (alpha-bar of t_prev < 0 is 1)
@@ -91,7 +90,7 @@ class DDPMSampler(Sampler):
 
         # 2. compute the predicted x_0 ("x_0-hat", eq. 15 of arXiv:2006.11239 inverted)
         t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-        pred_x0, _ = process.split_prediction(model_output, x_t, t_batch, self.prediction_type)
+        pred_x0, _ = process.split_prediction(model_output, x_t, t_batch, prediction_type)
 
         # 3. clip or threshold x_0-hat (Saharia et al. 2022, arXiv:2205.11487, sec. 2.3)
         pred_x0 = self.postprocess_x0(pred_x0)

@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers.base import Sampler, prev_timesteps
+from difflab.samplers.base import Sampler, check_prediction_type, prev_timesteps
 
 __all__ = ["Trajectory", "generate"]
 
@@ -50,8 +50,10 @@ def generate(
     return_trajectory: bool = False,
     progress: bool = True,
     *,
+    prediction_type: str,
     y: Tensor | None = None,
     device: torch.device | str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Sample a batch of shape ``shape`` with ``sampler`` (Ho et al. 2020, arXiv:2006.11239, Algorithm 2).
 
@@ -59,7 +61,9 @@ def generate(
     ``device`` (default: the model's parameter device, else the process' buffer device); every
     later random draw also comes from ``generator``, so a fixed seed reproduces the run bit for
     bit. The model is called as ``model(x_t, t_batch)`` (or ``model(x_t, t_batch, y)``) with
-    ``t_batch`` a LongTensor (B,). The model's train/eval mode is left as it is.
+    ``t_batch`` a LongTensor (B,); ``prediction_type`` says what it outputs (``eps | x0 | v``: the
+    trained objective's target, stored with the model). The model's train/eval mode is left as
+    it is. ``on_step(i, num_steps)`` is called after step i (0-based), e.g. to show progress.
 
     Returns the final sample (float, roughly in [-1, 1] for image data), or
     ``(sample, Trajectory)`` when ``return_trajectory``. Runs under ``torch.inference_mode()``:
@@ -69,6 +73,7 @@ def generate(
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if not isinstance(sampler, Sampler):
         raise ValueError(f"sampler must be a difflab Sampler, got {type(sampler).__name__}")
+    check_prediction_type(prediction_type)
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1 or any(s < 1 for s in shape):
         raise ValueError(f"shape must be a non-empty sequence of positive sizes, got {shape}")
@@ -83,13 +88,14 @@ def generate(
 
     x_t = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
     trajectory = Trajectory(timesteps=timesteps.clone(), x_t=[x_t], pred_x0=[])
-    for t, t_prev in tqdm(
-        list(zip(timesteps.tolist(), previous.tolist())), disable=not progress, desc="sampling", leave=False
-    ):
+    pairs = list(zip(timesteps.tolist(), previous.tolist()))
+    for i, (t, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="sampling", leave=False)):
         t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
         model_output = model(x_t, t_batch) if y is None else model(x_t, t_batch, y)
-        out = sampler.step(process, model_output, t, t_prev, x_t, generator)
+        out = sampler.step(process, model_output, t, t_prev, x_t, generator, prediction_type=prediction_type)
         x_t = out.prev_sample
+        if on_step is not None:
+            on_step(i, len(pairs))
         if return_trajectory:
             trajectory.x_t.append(x_t)
             trajectory.pred_x0.append(out.pred_x0)

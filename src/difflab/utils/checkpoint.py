@@ -165,6 +165,9 @@ def _build_parts(config: dict[str, Any], source: str) -> tuple[GaussianDiffusion
     from difflab.train import _instantiate, build_core
 
     cfg = OmegaConf.create({k: config[k] for k in ("schedule", "objective", "sampler", "backbone")})
+    # checkpoints written before the prediction type left the sampler config hold a copy of
+    # objective.target there; the objective is its one home now
+    cfg.sampler.pop("prediction_type", None)
     try:
         process, objective, sampler = build_core(cfg)
         backbone = _instantiate(cfg.backbone, "backbone")
