@@ -7,7 +7,9 @@ has to be primed before use. The one denoising loop lives in :mod:`difflab.sampl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 import torch
@@ -19,7 +21,10 @@ __all__ = [
     "SPACINGS",
     "Sampler",
     "StepOutput",
+    "Generators",
     "check_prediction_type",
+    "is_generator",
+    "randn",
     "make_timesteps",
     "prev_timesteps",
     "threshold_sample",
@@ -120,6 +125,39 @@ def threshold_sample(sample: Tensor, ratio: float = 0.995, max_value: float = 1.
     return flat.reshape(sample.shape).to(dtype)
 
 
+#: A generator for a whole batch, or one per sample (noise of sample i from generator i, so a
+#: sample does not depend on the batch it is drawn in: see :mod:`difflab.evaluation`).
+Generators = Union[torch.Generator, Sequence[torch.Generator]]
+
+
+def is_generator(generator: object) -> bool:
+    """True for a torch.Generator or a non-empty sequence of them."""
+    if isinstance(generator, torch.Generator):
+        return True
+    return (
+        isinstance(generator, (list, tuple))
+        and len(generator) > 0
+        and all(isinstance(g, torch.Generator) for g in generator)
+    )
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device | str | None = None,
+          dtype: torch.dtype = torch.float32) -> Tensor:
+    """N(0, I) of ``shape`` drawn on the generator's device, moved to ``device``.
+
+    With one generator per sample (a sequence as long as ``shape[0]``), row i is drawn from
+    generator i alone, so it is the same whatever other rows are drawn with it.
+    """
+    shape = tuple(int(s) for s in shape)
+    if isinstance(generator, torch.Generator):
+        out = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+    else:
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} per-sample generators for a batch of {shape[0]}")
+        out = torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator])
+    return out if device is None else out.to(device)
+
+
 def check_prediction_type(prediction_type: str) -> str:
     """``prediction_type`` if it is one of ``eps | x0 | v``, else ValueError."""
     if prediction_type not in PREDICTION_TYPES:
@@ -218,13 +256,12 @@ class Sampler:
                     f"noise has shape {tuple(noise.shape)} but x_t has shape {tuple(x_t.shape)}; they must match"
                 )
             return noise.to(device=x_t.device, dtype=x_t.dtype)
-        if not isinstance(generator, torch.Generator):
+        if not is_generator(generator):
             raise ValueError(
-                f"generator must be a torch.Generator for a stochastic step, got {type(generator).__name__}"
+                "generator must be a torch.Generator (or one per sample) for a stochastic step, "
+                f"got {type(generator).__name__}"
             )
-        return torch.randn(x_t.shape, generator=generator, device=generator.device, dtype=x_t.dtype).to(
-            x_t.device
-        )
+        return randn(x_t.shape, generator, x_t.device, x_t.dtype)
 
     def step(
         self,
@@ -233,7 +270,7 @@ class Sampler:
         t: int,
         t_prev: int,
         x_t: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators | None = None,
         *,
         prediction_type: str,
         noise: Tensor | None = None,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers.base import Sampler, StepOutput
+from difflab.samplers.base import Generators, Sampler, StepOutput
 
 __all__ = ["DDIMSampler"]
 
@@ -57,7 +57,7 @@ class DDIMSampler(Sampler):
         t: int,
         t_prev: int,
         x_t: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators | None = None,
         *,
         prediction_type: str,
         noise: Tensor | None = None,

@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers.base import Sampler, check_prediction_type, prev_timesteps
+from difflab.samplers.base import Generators, Sampler, check_prediction_type, is_generator, prev_timesteps, randn
 
 __all__ = ["Trajectory", "generate"]
 
@@ -46,7 +46,7 @@ def generate(
     process: GaussianDiffusion,
     sampler: Sampler,
     shape: Sequence[int],
-    generator: torch.Generator,
+    generator: Generators,
     return_trajectory: bool = False,
     progress: bool = True,
     *,
@@ -57,6 +57,8 @@ def generate(
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Sample a batch of shape ``shape`` with ``sampler`` (Ho et al. 2020, arXiv:2006.11239, Algorithm 2).
 
+    ``generator`` is one torch.Generator for the batch, or one per sample (row i then depends
+    on generator i only, whatever batch it is drawn in).
     x_T ~ N(0, I) is drawn in float32 from ``generator`` on the generator's device and moved to
     ``device`` (default: the model's parameter device, else the process' buffer device); every
     later random draw also comes from ``generator``, so a fixed seed reproduces the run bit for
@@ -69,8 +71,8 @@ def generate(
     ``(sample, Trajectory)`` when ``return_trajectory``. Runs under ``torch.inference_mode()``:
     the returned tensors are inference tensors (``.clone()`` them to use them with autograd).
     """
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if not is_generator(generator):
+        raise ValueError(f"generator must be a torch.Generator (or one per sample), got {type(generator).__name__}")
     if not isinstance(sampler, Sampler):
         raise ValueError(f"sampler must be a difflab Sampler, got {type(sampler).__name__}")
     check_prediction_type(prediction_type)
@@ -86,7 +88,7 @@ def generate(
     if y is not None:
         y = y.to(device)
 
-    x_t = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
+    x_t = randn(shape, generator, device)
     trajectory = Trajectory(timesteps=timesteps.clone(), x_t=[x_t], pred_x0=[])
     pairs = list(zip(timesteps.tolist(), previous.tolist()))
     for i, (t, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="sampling", leave=False)):
