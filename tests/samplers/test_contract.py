@@ -41,28 +41,28 @@ def test_step_output_and_statelessness(name: str, shape, dtype, process) -> None
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(shape, generator=g, dtype=dtype)
     out = torch.randn(shape, generator=g, dtype=dtype)
-    a = sampler.step(process, out, 60, 56, x_t, torch.Generator().manual_seed(1))
+    a = sampler.step(process, out, 60, 56, x_t, torch.Generator().manual_seed(1), prediction_type="eps")
     assert isinstance(a, StepOutput)
     for tensor in (a.prev_sample, a.pred_x0):
         assert tensor.shape == shape and tensor.dtype == dtype and torch.isfinite(tensor).all()
     # any order, any pair, no priming: the same inputs give the same outputs
-    sampler.step(process, out, 3, -1, x_t, torch.Generator().manual_seed(2))
-    sampler.step(process, out, 99, 0, x_t, torch.Generator().manual_seed(2))
-    b = sampler.step(process, out, 60, 56, x_t, torch.Generator().manual_seed(1))
+    sampler.step(process, out, 3, -1, x_t, torch.Generator().manual_seed(2), prediction_type="v")
+    sampler.step(process, out, 99, 0, x_t, torch.Generator().manual_seed(2), prediction_type="eps")
+    b = sampler.step(process, out, 60, 56, x_t, torch.Generator().manual_seed(1), prediction_type="eps")
     assert torch.equal(a.prev_sample, b.prev_sample)
-    c = sampler.step(process, out, 60, 56, x_t, torch.Generator().manual_seed(3))
+    c = sampler.step(process, out, 60, 56, x_t, torch.Generator().manual_seed(3), prediction_type="eps")
     assert not torch.equal(a.prev_sample, c.prev_sample)  # stochastic configs use the generator
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 @pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
 def test_last_step_returns_pred_x0(name: str, prediction_type: str, process) -> None:
-    sampler = SAMPLERS[name](**CONFIGS[name], prediction_type=prediction_type)
+    sampler = SAMPLERS[name](**CONFIGS[name])
     g = torch.Generator().manual_seed(4)
     x_t = torch.randn(4, 2, generator=g)
     out = torch.randn(4, 2, generator=g)
     state = g.get_state()
-    res = sampler.step(process, out, 2, -1, x_t, g)
+    res = sampler.step(process, out, 2, -1, x_t, g, prediction_type=prediction_type)
     assert torch.equal(g.get_state(), state)  # no noise at the last step
     torch.testing.assert_close(res.prev_sample, res.pred_x0)
     assert res.pred_x0.abs().max() <= 1.0  # clip_sample defaults to True
@@ -70,12 +70,12 @@ def test_last_step_returns_pred_x0(name: str, prediction_type: str, process) -> 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_clip_range(name: str, process) -> None:
-    sampler = SAMPLERS[name](**CONFIGS[name], prediction_type="x0", clip_range=0.5)
+    sampler = SAMPLERS[name](**CONFIGS[name], clip_range=0.5)
     x = torch.full((2, 3), 3.0)
-    res = sampler.step(process, x, 50, 40, x, torch.Generator())
+    res = sampler.step(process, x, 50, 40, x, torch.Generator(), prediction_type="x0")
     assert torch.equal(res.pred_x0, torch.full((2, 3), 0.5))
-    free = SAMPLERS[name](**CONFIGS[name], prediction_type="x0", clip_sample=False)
-    assert torch.equal(free.step(process, x, 50, 40, x, torch.Generator()).pred_x0, x)
+    free = SAMPLERS[name](**CONFIGS[name], clip_sample=False)
+    assert torch.equal(free.step(process, x, 50, 40, x, torch.Generator(), prediction_type="x0").pred_x0, x)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -84,24 +84,25 @@ def test_bad_step_arguments(name: str, process) -> None:
     x = torch.zeros(2, 3)
     g = torch.Generator()
     with pytest.raises(ValueError, match=r"t must be an int in \[0, 99\], got 100"):
-        sampler.step(process, x, 100, 50, x, g)
+        sampler.step(process, x, 100, 50, x, g, prediction_type="eps")
     with pytest.raises(ValueError, match=r"t must be an int in \[0, 99\], got -1"):
-        sampler.step(process, x, -1, -2, x, g)
+        sampler.step(process, x, -1, -2, x, g, prediction_type="eps")
     with pytest.raises(ValueError, match=r"t_prev must be an int in \[-1, t - 1 = 49\], got 50"):
-        sampler.step(process, x, 50, 50, x, g)
+        sampler.step(process, x, 50, 50, x, g, prediction_type="eps")
     with pytest.raises(ValueError, match=r"t_prev.*got -2"):
-        sampler.step(process, x, 50, -2, x, g)
+        sampler.step(process, x, 50, -2, x, g, prediction_type="eps")
     with pytest.raises(ValueError, match=r"model_output has shape \(2, 4\) but x_t has shape \(2, 3\)"):
-        sampler.step(process, torch.zeros(2, 4), 50, 40, x, g)
+        sampler.step(process, torch.zeros(2, 4), 50, 40, x, g, prediction_type="eps")
+    with pytest.raises(ValueError, match=r"'epsilon'.*\['eps', 'x0', 'v'\]"):
+        sampler.step(process, x, 50, 40, x, g, prediction_type="epsilon")
     with pytest.raises(ValueError, match=r"noise has shape"):
-        sampler.step(process, x, 50, 40, x, noise=torch.zeros(1, 3))
+        sampler.step(process, x, 50, 40, x, noise=torch.zeros(1, 3), prediction_type="eps")
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"prediction_type": "epsilon"}, r"'epsilon'.*\['eps', 'x0', 'v'\]"),
         ({"spacing": "even"}, r"'even'.*\['linspace', 'leading', 'trailing'\]"),
         ({"num_steps": 0}, "num_steps.*0"),
         ({"clip_range": 0.0}, "clip_range.*0.0"),

@@ -37,7 +37,7 @@ def _oracle_step(process, t, t_prev, out, x_t, prediction_type, eta=0.0, noise=N
 @pytest.mark.parametrize("eta", [0.0, 0.6])
 def test_step_matches_diffusers(process, prediction_type: str, spacing: str, eta: float) -> None:
     n = 10
-    sampler = DDIMSampler(num_steps=n, eta=eta, spacing=spacing, prediction_type=prediction_type)
+    sampler = DDIMSampler(num_steps=n, eta=eta, spacing=spacing)
     timesteps = sampler.timesteps(1000)
     previous = prev_timesteps(timesteps)
     g = torch.Generator().manual_seed(0)
@@ -46,7 +46,7 @@ def test_step_matches_diffusers(process, prediction_type: str, spacing: str, eta
         x_t = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
         out = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
         noise = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
-        ours = sampler.step(process, out, t, t_prev, x_t, noise=noise)
+        ours = sampler.step(process, out, t, t_prev, x_t, noise=noise, prediction_type=prediction_type)
         ref = _oracle_step(process, t, t_prev, out, x_t, prediction_type, eta, noise, clip_sample=True)
         torch.testing.assert_close(ours.pred_x0, ref.pred_original_sample, atol=1e-8, rtol=0)
         torch.testing.assert_close(ours.prev_sample, ref.prev_sample, atol=1e-8, rtol=0)
@@ -57,14 +57,14 @@ def test_generator_noise_equals_explicit_noise(process) -> None:
     x_t = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
     out = torch.randn(2, 3, generator=torch.Generator().manual_seed(2))
     noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(3))
-    a = sampler.step(process, out, 500, 480, x_t, torch.Generator().manual_seed(3))
-    b = sampler.step(process, out, 500, 480, x_t, noise=noise)
+    a = sampler.step(process, out, 500, 480, x_t, torch.Generator().manual_seed(3), prediction_type="eps")
+    b = sampler.step(process, out, 500, 480, x_t, noise=noise, prediction_type="eps")
     torch.testing.assert_close(a.prev_sample, b.prev_sample)
 
 
 def test_full_run_matches_diffusers_loop(process) -> None:
     # trailing with T // n == stride, so the real DDIMScheduler walks the same grid
-    sampler = DDIMSampler(num_steps=50, spacing="trailing", prediction_type="v")
+    sampler = DDIMSampler(num_steps=50, spacing="trailing")
     sched = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing", prediction_type="v_prediction")
     sched.set_timesteps(50)
     sched.alphas_cumprod = process.alphas_cumprod.clone()
@@ -78,7 +78,7 @@ def test_full_run_matches_diffusers_loop(process) -> None:
     b = a.clone()
     for t, t_prev in zip(timesteps.tolist(), prev_timesteps(timesteps).tolist()):
         tb = torch.full((2,), t)
-        a = sampler.step(process, model(a, tb), t, t_prev, a).prev_sample
+        a = sampler.step(process, model(a, tb), t, t_prev, a, prediction_type="v").prev_sample
         b = sched.step(model(b, tb), t, b).prev_sample
     torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
 
@@ -98,8 +98,8 @@ def test_eta_one_all_steps_equals_ddpm_fixed_small() -> None:
     timesteps = ddpm.timesteps(100)
     for t, t_prev in zip(timesteps.tolist(), prev_timesteps(timesteps).tolist()):
         tb = torch.full((8,), t)
-        a = ddim.step(process, model(a, tb), t, t_prev, a, ga).prev_sample
-        b = ddpm.step(process, model(b, tb), t, t_prev, b, gb).prev_sample
+        a = ddim.step(process, model(a, tb), t, t_prev, a, ga, prediction_type="eps").prev_sample
+        b = ddpm.step(process, model(b, tb), t, t_prev, b, gb, prediction_type="eps").prev_sample
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
 
 
@@ -109,18 +109,18 @@ def test_eta_zero_is_deterministic_and_draws_nothing(process) -> None:
     out = torch.randn(2, 3, generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(0)
     state = g.get_state()
-    a = sampler.step(process, out, 500, 480, x_t, g)
+    a = sampler.step(process, out, 500, 480, x_t, g, prediction_type="eps")
     assert torch.equal(g.get_state(), state)
-    b = sampler.step(process, out, 500, 480, x_t, None)
+    b = sampler.step(process, out, 500, 480, x_t, None, prediction_type="eps")
     assert torch.equal(a.prev_sample, b.prev_sample)
 
 
 def test_zero_terminal_snr_first_step_is_finite_with_v() -> None:
     p = GaussianDiffusion.from_schedule("linear", 1000, zero_terminal_snr=True)
-    sampler = DDIMSampler(num_steps=10, prediction_type="v", spacing="trailing")
+    sampler = DDIMSampler(num_steps=10, spacing="trailing")
     x_t = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
     v = torch.randn(2, 3, generator=torch.Generator().manual_seed(2))
-    out = sampler.step(p, v, 999, 899, x_t)
+    out = sampler.step(p, v, 999, 899, x_t, prediction_type="v")
     assert torch.isfinite(out.prev_sample).all()
     torch.testing.assert_close(out.pred_x0, (-v).clamp(-1, 1))  # x_0 = -v at zero SNR
 

@@ -32,7 +32,7 @@ def _oracle(process: GaussianDiffusion, n: int, **config) -> DDPMScheduler:
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
 def test_step_matches_diffusers(process: GaussianDiffusion, prediction_type: str, spacing: str) -> None:
     n = 10
-    sampler = DDPMSampler(num_steps=n, spacing=spacing, prediction_type=prediction_type)
+    sampler = DDPMSampler(num_steps=n, spacing=spacing)
     sched = _oracle(
         process, n, prediction_type=DIFFUSERS_PREDICTION[prediction_type], timestep_spacing=spacing, clip_sample=True
     )
@@ -44,7 +44,9 @@ def test_step_matches_diffusers(process: GaussianDiffusion, prediction_type: str
         t, t_prev = int(timesteps[i]), int(previous[i])
         x_t = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
         out = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
-        ours = sampler.step(process, out, t, t_prev, x_t, torch.Generator().manual_seed(100 + i))
+        ours = sampler.step(
+            process, out, t, t_prev, x_t, torch.Generator().manual_seed(100 + i), prediction_type=prediction_type
+        )
         ref = sched.step(out, t, x_t, generator=torch.Generator().manual_seed(100 + i))
         torch.testing.assert_close(ours.pred_x0, ref.pred_original_sample, atol=1e-8, rtol=0)
         torch.testing.assert_close(ours.prev_sample, ref.prev_sample, atol=1e-8, rtol=0)
@@ -58,14 +60,14 @@ def test_variance_types_match_diffusers(process: GaussianDiffusion, variance_typ
     for t in (999, 500, 1, 0):
         x_t = torch.randn(4, 3, generator=g, dtype=torch.float64)
         out = torch.randn(4, 3, generator=g, dtype=torch.float64)
-        ours = sampler.step(process, out, t, t - 1, x_t, torch.Generator().manual_seed(t))
+        ours = sampler.step(process, out, t, t - 1, x_t, torch.Generator().manual_seed(t), prediction_type="eps")
         ref = sched.step(out, t, x_t, generator=torch.Generator().manual_seed(t))
         torch.testing.assert_close(ours.prev_sample, ref.prev_sample, atol=1e-8, rtol=0)
 
 
 def test_dynamic_thresholding_matches_diffusers(process: GaussianDiffusion) -> None:
     sampler = DDPMSampler(
-        num_steps=20, prediction_type="x0", dynamic_thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.5
+        num_steps=20, dynamic_thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.5
     )
     sched = _oracle(
         process, 20, prediction_type="sample", thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.5
@@ -75,7 +77,7 @@ def test_dynamic_thresholding_matches_diffusers(process: GaussianDiffusion) -> N
     out = 3 * torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64) * torch.tensor([0.2, 0.5, 1, 2.0]).reshape(
         -1, 1, 1, 1
     ).double()
-    ours = sampler.step(process, out, 500, 450, x_t, torch.Generator().manual_seed(3))
+    ours = sampler.step(process, out, 500, 450, x_t, torch.Generator().manual_seed(3), prediction_type="x0")
     ref = sched.step(out, 500, x_t, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(ours.pred_x0, ref.pred_original_sample, atol=1e-8, rtol=0)
     torch.testing.assert_close(ours.prev_sample, ref.prev_sample, atol=1e-8, rtol=0)
@@ -83,7 +85,7 @@ def test_dynamic_thresholding_matches_diffusers(process: GaussianDiffusion) -> N
 
 
 def test_full_run_matches_diffusers_loop(process: GaussianDiffusion) -> None:
-    sampler = DDPMSampler(num_steps=20, spacing="leading", prediction_type="eps")
+    sampler = DDPMSampler(num_steps=20, spacing="leading")
     sched = _oracle(process, 20)
 
     def model(x, t):
@@ -95,7 +97,7 @@ def test_full_run_matches_diffusers_loop(process: GaussianDiffusion) -> None:
     timesteps = sampler.timesteps(1000)
     for t, t_prev in zip(timesteps.tolist(), prev_timesteps(timesteps).tolist()):
         tb = torch.full((2,), t)
-        a = sampler.step(process, model(a, tb), t, t_prev, a, ga).prev_sample
+        a = sampler.step(process, model(a, tb), t, t_prev, a, ga, prediction_type="eps").prev_sample
         b = sched.step(model(b, tb), t, b, generator=gb).prev_sample
     torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
 
@@ -106,11 +108,11 @@ def test_noise_only_before_last_step(process: GaussianDiffusion) -> None:
     out = torch.randn(2, 3, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(8)
     state = g.get_state()
-    last = sampler.step(process, out, 0, -1, x_t, g)
+    last = sampler.step(process, out, 0, -1, x_t, g, prediction_type="eps")
     assert torch.equal(g.get_state(), state)  # no draw at the last step
     # the last step returns the posterior mean = x_0-hat (alpha-bar_{-1} = 1)
     torch.testing.assert_close(last.prev_sample, last.pred_x0)
-    sampler.step(process, out, 5, 4, x_t, g)
+    sampler.step(process, out, 5, 4, x_t, g, prediction_type="eps")
     assert not torch.equal(g.get_state(), state)
 
 
@@ -119,19 +121,20 @@ def test_explicit_noise_equals_generator_draw(process: GaussianDiffusion) -> Non
     x_t = torch.randn(2, 3, generator=torch.Generator().manual_seed(6))
     out = torch.randn(2, 3, generator=torch.Generator().manual_seed(7))
     noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(9))
-    a = sampler.step(process, out, 10, 9, x_t, torch.Generator().manual_seed(9))
-    b = sampler.step(process, out, 10, 9, x_t, noise=noise)
+    a = sampler.step(process, out, 10, 9, x_t, torch.Generator().manual_seed(9), prediction_type="eps")
+    b = sampler.step(process, out, 10, 9, x_t, noise=noise, prediction_type="eps")
     torch.testing.assert_close(a.prev_sample, b.prev_sample)
 
 
 def test_bad_options() -> None:
     with pytest.raises(ValueError, match=r"'learned'.*\['fixed_small', 'fixed_large'\]"):
         DDPMSampler(variance_type="learned")
+    x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match=r"'epsilon'.*\['eps', 'x0', 'v'\]"):
-        DDPMSampler(prediction_type="epsilon")
+        DDPMSampler().step(GaussianDiffusion.from_schedule("linear", 100), x, 10, 9, x, prediction_type="epsilon")
 
 
 def test_stochastic_step_needs_generator(process: GaussianDiffusion) -> None:
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="generator"):
-        DDPMSampler().step(process, x, 10, 9, x, None)
+        DDPMSampler().step(process, x, 10, 9, x, None, prediction_type="eps")

@@ -71,21 +71,23 @@ def _check_moments(samples: torch.Tensor, cov_atol: float, std_rtol: float) -> N
 # modes by up to ~10% for this mixture (it shrinks as the number of steps grows, and diffusers'
 # schedulers give the same numbers: see test_ddim.py / test_ddpm.py).
 @pytest.mark.parametrize(
-    ("schedule", "zero_terminal_snr", "sampler", "cov_atol", "std_rtol"),
+    ("schedule", "zero_terminal_snr", "sampler", "prediction_type", "cov_atol", "std_rtol"),
     [
-        ("linear", False, DDPMSampler(clip_sample=False), 0.008, 0.08),
-        ("linear", False, DDIMSampler(num_steps=50, clip_sample=False), 0.025, 0.15),
-        ("cosine", True, DDIMSampler(num_steps=50, spacing="trailing", prediction_type="v", clip_sample=False), 0.02, 0.12),
-        ("linear", False, DDPMSampler(num_steps=100, prediction_type="x0", clip_sample=False), 0.025, 0.15),
+        ("linear", False, DDPMSampler(clip_sample=False), "eps", 0.008, 0.08),
+        ("linear", False, DDIMSampler(num_steps=50, clip_sample=False), "eps", 0.025, 0.15),
+        ("cosine", True, DDIMSampler(num_steps=50, spacing="trailing", clip_sample=False), "v", 0.02, 0.12),
+        ("linear", False, DDPMSampler(num_steps=100, clip_sample=False), "x0", 0.025, 0.15),
     ],
     ids=["ddpm-1000-eps", "ddim-50-eps", "ddim-50-v-zero-snr", "ddpm-100-x0"],
 )
 def test_exact_model_recovers_mixture(
-    schedule: str, zero_terminal_snr: bool, sampler: Sampler, cov_atol: float, std_rtol: float
+    schedule: str, zero_terminal_snr: bool, sampler: Sampler, prediction_type: str, cov_atol: float, std_rtol: float
 ) -> None:
     process = GaussianDiffusion.from_schedule(schedule, 1000, zero_terminal_snr=zero_terminal_snr)
-    model = exact_model(process, sampler.prediction_type)
-    samples = generate(model, process, sampler, (N, 2), torch.Generator().manual_seed(0), progress=False)
+    model = exact_model(process, prediction_type)
+    samples = generate(
+        model, process, sampler, (N, 2), torch.Generator().manual_seed(0), progress=False, prediction_type=prediction_type
+    )
     assert torch.isfinite(samples).all()
     _check_moments(samples, cov_atol, std_rtol)
 
@@ -95,7 +97,13 @@ def test_wrong_variance_is_detected() -> None:
     process = GaussianDiffusion.from_schedule("linear", 1000)
     model = exact_model(process, "eps")
     samples = generate(
-        model, process, DDIMSampler(num_steps=1, clip_sample=False), (N, 2), torch.Generator().manual_seed(0), progress=False
+        model,
+        process,
+        DDIMSampler(num_steps=1, clip_sample=False),
+        (N, 2),
+        torch.Generator().manual_seed(0),
+        progress=False,
+        prediction_type="eps",
     )
     with pytest.raises(AssertionError):
         _check_moments(samples, 0.025, 0.15)
