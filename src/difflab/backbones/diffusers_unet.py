@@ -51,6 +51,12 @@ class DiffusersUNet(nn.Module):
         super().__init__()
         block_out_channels = tuple(int(c) for c in block_out_channels)
         n = len(block_out_channels)
+        if n == 0 or any(c < 1 for c in block_out_channels):
+            raise ValueError(f"block_out_channels must be a non-empty list of integers >= 1, got {list(block_out_channels)}")
+        for name, value in (("in_channels", in_channels), ("layers_per_block", layers_per_block),
+                            ("norm_num_groups", norm_num_groups)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         down_block_types = tuple(down_block_types or ("DownBlock2D",) * n)
         up_block_types = tuple(up_block_types or ("UpBlock2D",) * n)
         if len(down_block_types) != n or len(up_block_types) != n:

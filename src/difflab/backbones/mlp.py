@@ -30,8 +30,9 @@ class MLP(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+        for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("time_embed_dim", time_embed_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.dim = dim
         self.time_embed_dim = time_embed_dim
         self.num_classes = num_classes

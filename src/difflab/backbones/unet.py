@@ -214,6 +214,8 @@ class UNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
         self.num_classes = num_classes
+        for name, value in (("in_channels", in_channels), ("out_channels", self.out_channels)):
+            _check_positive_int(name, value)
         _validate(
             self.image_size,
             base_channels,
@@ -323,6 +325,11 @@ class UNet(nn.Module):
         return self.out_conv(F.silu(self.out_norm(h)))
 
 
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def _validate(
     image_size: tuple[int, int],
     base_channels: int,
@@ -333,8 +340,15 @@ def _validate(
     norm_groups: int,
     num_classes: int | None,
 ) -> None:
+    # sizes of 0 or less would reach torch as "expected weight to be at least 1" or an empty layer
+    for name, value in (("base_channels", base_channels), ("num_heads", num_heads), ("norm_groups", norm_groups)):
+        _check_positive_int(name, value)
     if not channel_mult:
         raise ValueError("channel_mult must have at least one level, e.g. (1, 2, 2)")
+    if any(m < 1 for m in channel_mult):
+        raise ValueError(f"channel_mult must hold integers >= 1 (level widths are base_channels x each), got {channel_mult}")
+    if any(side < 1 for side in image_size):
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
     if num_res_blocks < 1:
         raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
     if num_classes is not None and num_classes < 1:
