@@ -272,7 +272,17 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             raw = dict(f.metadata() or {})
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"exported weights {path} cannot be read ({_short(e)}); the file is damaged") from None
+        kind = _pickle_kind(path)
+        if kind:  # a pickle under a .safetensors name: never unpickled here, since that can run code
+            raise CheckpointError(
+                f"exported weights {path} were refused: the file is {kind}, not safetensors, and unpickling it can "
+                "run arbitrary code, so it was not loaded. Give a .safetensors file written by export_safetensors, "
+                "or a .ckpt file written by train.py (read with weights_only=True)"
+            ) from None
+        raise CheckpointError(
+            f"exported weights {path} cannot be read ({_short(e)}); the file is truncated, damaged or not a "
+            "safetensors file. Export it again with export_safetensors"
+        ) from None
     if "config" not in raw:
         raise CheckpointError(f"{path} has no difflab metadata (config); it was not written by export_safetensors")
     try:
@@ -284,6 +294,20 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     meta["use_ema"] = raw.get("use_ema") == "true"
     meta["global_step"] = int(raw["global_step"]) if raw.get("global_step") else None
     return state, meta
+
+
+def _pickle_kind(path: Path) -> str | None:
+    """What a file that is not safetensors is, when its first bytes say it is a pickle; else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a PyTorch checkpoint (a zip archive of pickles)"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocol 2-5
+        return "a Python pickle"
+    return None
 
 
 def model_from_safetensors(path: str | Path) -> LoadedModel:
