@@ -215,6 +215,14 @@ class Sampler:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
 
+    def nfe(self, num_train_timesteps: int) -> int:
+        """Network evaluations per sample (one per step here; multi-call steps override this)."""
+        return int(self.timesteps(num_train_timesteps).numel())
+
+    def key_part(self, num_train_timesteps: int) -> str:
+        """The sampler's part of a metric key: its name and NFE, e.g. ``ddpm1000``, ``ddim50``."""
+        return f"{type(self).__name__.removesuffix('Sampler').lower()}{self.nfe(num_train_timesteps)}"
+
     def timesteps(self, num_train_timesteps: int) -> Tensor:
         """Descending LongTensor of the timesteps this sampler visits (``num_steps`` None = all T)."""
         num_steps = num_train_timesteps if self.num_steps is None else self.num_steps
