@@ -20,12 +20,14 @@ The result is cached in a small manifest (keyed by relative path, size and mtime
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,18 +132,87 @@ def load_image(path: str | os.PathLike, size: int, channels: int, center_crop: b
 # finding and checking files
 
 
-def scan_folder(root: Path, extensions: Sequence[str]) -> tuple[list[str], int]:
-    """Relative POSIX paths of image files under ``root`` (sorted) and the count of others."""
+@dataclass
+class FolderScan:
+    """What :func:`scan_folder` found under a root.
+
+    ``images``: relative POSIX paths of image files, each real file once (sorted);
+    ``others``: the count of files with other endings; ``broken``: image-named entries that
+    cannot be opened, ``{relpath: reason}`` (dangling symlinks, symlink loops);
+    ``loops``: directory symlinks not followed because they lead to a folder already scanned
+    (``"a/link -> /real/target"``); ``duplicates``: image paths left out because they reach a
+    file already listed (a file symlink, or a folder reached twice).
+    """
+
+    images: list[str] = field(default_factory=list)
+    others: int = 0
+    broken: dict[str, str] = field(default_factory=dict)
+    loops: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+def _broken_reason(path: str, error: OSError) -> str:
+    """One line for an entry that ``os.stat`` cannot follow."""
+    if os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if error.errno == errno.ELOOP:
+            return f"symlink loop: {target} leads back to itself"
+        if error.errno == errno.ENOENT:
+            return f"dangling symlink to {target}, which does not exist"
+        return f"symlink to {target} cannot be followed ({error.strerror})"
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
+def scan_folder(root: Path, extensions: Sequence[str]) -> FolderScan:
+    """Walk ``root`` (following symlinks), reading each real folder and each real file once.
+
+    A directory symlink whose target was already scanned (a loop back to an ancestor, or a
+    second path to one folder) is not entered, so the walk stays linear in the number of real
+    folders however the links nest; an image file whose real path was already listed is left
+    out. Image-named entries that cannot be stat'ed (dangling or looping symlinks) are
+    returned in ``broken``, to be reported like corrupt files.
+    """
     exts = {("." + e.lower().lstrip(".")) for e in extensions}
-    images, others = [], 0
+    root = Path(root)
+    scan = FolderScan()
+    visited_dirs = {os.path.realpath(root)}
+    seen_files: set[str] = set()
+
+    def rel(path: str) -> str:
+        return Path(path).relative_to(root).as_posix()
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real in visited_dirs:
+                scan.loops.append(f"{rel(full)} -> {real}")
+                continue
+            visited_dirs.add(real)
+            keep.append(d)
+        dirnames[:] = keep  # os.walk descends only into these
         for fname in sorted(filenames):
-            if os.path.splitext(fname)[1].lower() in exts:
-                images.append(Path(dirpath, fname).relative_to(root).as_posix())
-            else:
-                others += 1
-    return sorted(images), others
+            full = os.path.join(dirpath, fname)
+            if os.path.splitext(fname)[1].lower() not in exts:
+                scan.others += 1
+                continue
+            try:
+                os.stat(full)  # follows the link: dangling and looping ones fail here
+            except OSError as e:
+                scan.broken[rel(full)] = _broken_reason(full, e)
+                continue
+            real = os.path.realpath(full)
+            if real in seen_files:
+                scan.duplicates.append(rel(full))
+                continue
+            seen_files.add(real)
+            scan.images.append(rel(full))
+    scan.images.sort()
+    return scan
 
 
 def _check_one(path: Path) -> str | None:
@@ -180,7 +251,11 @@ def check_images(
     entries: dict[str, list] = {}
     todo: list[tuple[str, int, int]] = []
     for rel in files:
-        st = os.stat(root / rel)
+        try:
+            st = os.stat(root / rel)
+        except OSError as e:  # removed or re-linked since the scan
+            entries[rel] = [0, 0, _broken_reason(str(root / rel), e)]
+            continue
         hit = cached.get(rel)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             entries[rel] = hit
@@ -352,6 +427,10 @@ class ImageFolderDataModule(BaseDataModule):
         self.num_skipped = 0
         self.skipped_files: list[str] = []
         self.num_ignored = 0
+        # directory symlinks not followed (loops, second paths to a folder) and image paths
+        # left out as second paths to a file already listed; both are reported at setup
+        self.symlink_loops: list[str] = []
+        self.duplicate_files: list[str] = []
 
     def _valid_files(self) -> list[str]:
         exts = ", ".join(self.extensions)
@@ -360,13 +439,16 @@ class ImageFolderDataModule(BaseDataModule):
                 f"image folder {self.root} does not exist (or is not a folder); set data.root to a folder "
                 f"holding images ({exts}; subfolders are searched)"
             )
-        files, self.num_ignored = scan_folder(self.root, self.extensions)
+        scan = scan_folder(self.root, self.extensions)
+        self.num_ignored = scan.others
+        self.symlink_loops, self.duplicate_files = scan.loops, scan.duplicates
+        files = sorted([*scan.images, *scan.broken])
         if not files:
             raise DataNotFoundError(
                 f"no images under {self.root} (searched recursively for the extensions {exts}; "
                 f"{self.num_ignored} other files were ignored). Set data.root or data.extensions"
             )
-        bad = check_images(self.root, files, self.cache_dir)
+        bad = {**scan.broken, **check_images(self.root, scan.images, self.cache_dir)}
         if bad and not self.skip_corrupt:
             # one line, so that train.py prints it as a single `error: ...` line
             listed = "; ".join(f"{self.root / f} ({bad[f]})" for f in sorted(bad)[:_MAX_LISTED])
@@ -389,6 +471,18 @@ class ImageFolderDataModule(BaseDataModule):
 
     def _build(self) -> None:
         good = self._valid_files()
+        if self.symlink_loops:
+            warn(
+                "image_folder: did not follow %d directory symlinks under %s that lead to a folder already "
+                "scanned (a symlink loop or a second path to one folder), e.g. %s; each file is read once",
+                len(self.symlink_loops), self.root, self.symlink_loops[0],
+            )
+        if self.duplicate_files:
+            warn(
+                "image_folder: left out %d image paths under %s that reach a file already listed (symlinks), "
+                "e.g. %s",
+                len(self.duplicate_files), self.root, self.duplicate_files[0],
+            )
         if self.num_skipped:
             warn(
                 "image_folder: skipped %d corrupt files under %s (data.skip_corrupt=true), e.g. %s",
