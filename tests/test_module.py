@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import pytest
@@ -55,6 +56,18 @@ def test_training_step_logs_loss_buckets(monkeypatch):
     assert all(torch.isfinite(torch.as_tensor(v)) for v in logged.values())
 
 
+def test_an_empty_timestep_quarter_logs_nothing(monkeypatch):
+    """One sample falls into one quarter: the other three are not logged (not as 0)."""
+    m = make_module()
+    logged = {}
+    monkeypatch.setattr(m, "log_dict", lambda d, **k: logged.update(d))
+    monkeypatch.setattr(m, "log", lambda k, v, **kw: logged.__setitem__(k, v))
+    loss = m.training_step((torch.rand(1, 1, 8, 8) * 2 - 1, torch.zeros(1, dtype=torch.long)), 0)
+    buckets = [k for k in logged if k.startswith("train/loss_q")]
+    assert len(buckets) == 1
+    assert float(logged[buckets[0]]) == pytest.approx(float(loss.detach())) and float(loss.detach()) > 0
+
+
 def test_warmup_is_linear():
     m = make_module(lr_warmup_steps=4)
     conf = m.configure_optimizers()
@@ -65,6 +78,22 @@ def test_warmup_is_linear():
         conf["optimizer"].step()
         sched.step()
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_lr_scheduler_decays_and_is_logged_as_train_lr():
+    from difflab.utils.lr import LRSchedule
+
+    m = make_module(lr_warmup_steps=99, lr_scheduler=LRSchedule("cosine", warmup_steps=2, min_lr_ratio=0.1, total_steps=6))
+    conf = m.configure_optimizers()
+    assert conf["lr_scheduler"]["name"] == "train/lr" and conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(8):
+        lrs.append(conf["optimizer"].param_groups[0]["lr"])
+        conf["optimizer"].step()
+        conf["lr_scheduler"]["scheduler"].step()
+    cos = [1e-4 + 9e-4 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert lrs == pytest.approx([5e-4, 1e-3, *cos, 1e-4])
+    assert "on_train_batch_end" not in vars(DiffusionModule)  # LearningRateMonitor logs train/lr
 
 
 def test_nonfinite_gradient_skips_the_step(monkeypatch):

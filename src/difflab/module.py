@@ -19,8 +19,11 @@ from difflab.diffusion.objectives import DiffusionObjective
 from difflab.diffusion.process import GaussianDiffusion
 from difflab.errors import DifflabError
 from difflab.samplers.base import Sampler
+from difflab.utils.lr import LRSchedule
 
 NUM_LOSS_BUCKETS = 4
+#: the key the learning rate is logged under (by LearningRateMonitor, conf/callbacks/lr_monitor.yaml)
+LR_LOG_KEY = "train/lr"
 
 
 class NonFiniteLossError(DifflabError, RuntimeError):
@@ -41,7 +44,10 @@ class DiffusionModule(L.LightningModule):
         objective: prediction target and loss weighting.
         sampler: the sampler that sample grids and FID use.
         optimizer: a partial optimizer, called with the parameters (e.g. AdamW).
-        lr_warmup_steps: linear warm-up of the learning rate from 0 over this many steps.
+        lr_warmup_steps: linear warm-up of the learning rate over this many steps, then constant;
+            used when ``lr_scheduler`` is None.
+        lr_scheduler: the learning-rate schedule (warm-up + constant, cosine or linear decay);
+            stepped once per optimizer step.
         seed: training noise and timesteps are drawn from seed + global_rank (+ step).
         val_seed: validation noise and timesteps are fixed by this seed, for comparable val/loss.
         max_consecutive_nonfinite: stop the run after this many consecutive skipped steps.
@@ -58,6 +64,7 @@ class DiffusionModule(L.LightningModule):
         sampler: Sampler,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr_warmup_steps: int = 0,
+        lr_scheduler: LRSchedule | None = None,
         seed: int = 0,
         val_seed: int = 1234,
         max_consecutive_nonfinite: int = 20,
@@ -76,6 +83,7 @@ class DiffusionModule(L.LightningModule):
         self.sampler = sampler
         self.optimizer_factory = optimizer
         self.lr_warmup_steps = int(lr_warmup_steps)
+        self.lr_scheduler = lr_scheduler
         self.seed = int(seed)
         self.val_seed = int(val_seed)
         self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
@@ -124,16 +132,17 @@ class DiffusionModule(L.LightningModule):
         seed = _mix_seed(self.seed, self.global_rank, self.global_step, batch_idx)
         out = self.objective(self.backbone, self.process, x0, self._generator(seed), y=y)
         loss = out.loss_per_sample.mean()
-        logs = {}
-        # Loss per timestep quarter: where in the chain the model still has to learn.
+        # Loss per timestep quarter: where in the chain the model still has to learn. A quarter
+        # that no sample of this batch fell into logs nothing (a 0 would read as a perfect fit).
         bucket = (out.t * NUM_LOSS_BUCKETS) // self.process.num_timesteps
         per = out.loss_per_sample.detach()
         sums = torch.zeros(NUM_LOSS_BUCKETS, device=per.device, dtype=per.dtype).index_add_(0, bucket, per)
-        counts = torch.bincount(bucket, minlength=NUM_LOSS_BUCKETS).to(per.dtype)
-        means = sums / counts.clamp_min(1)
-        for q in range(NUM_LOSS_BUCKETS):
-            logs[f"train/loss_q{q}"] = means[q]
-        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=x0.shape[0])
+        counts = torch.bincount(bucket, minlength=NUM_LOSS_BUCKETS)
+        means = sums / counts.clamp_min(1).to(per.dtype)
+        present = counts.cpu().tolist()
+        logs = {f"train/loss_q{q}": means[q] for q in range(NUM_LOSS_BUCKETS) if present[q] > 0}
+        if logs:
+            self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=x0.shape[0])
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
@@ -156,13 +165,13 @@ class DiffusionModule(L.LightningModule):
             raise ValueError("DiffusionModule needs an optimizer (a partial, e.g. torch.optim.AdamW)")
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        warmup = self.lr_warmup_steps
-
-        def lr_lambda(step: int) -> float:
-            return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        schedule = self.lr_scheduler or LRSchedule("constant", warmup_steps=self.lr_warmup_steps)
+        total = None
+        if schedule.total_steps is None and schedule.name != "constant":
+            total = int(self.trainer.estimated_stepping_batches)  # trainer.max_steps, or from the epochs
+        scheduler = schedule.build(optimizer, total_steps=total)
+        # "name" is the key LearningRateMonitor logs the lr under (its default would be lr-AdamW)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": LR_LOG_KEY}}
 
     def configure_gradient_clipping(
         self,
@@ -197,11 +206,6 @@ class DiffusionModule(L.LightningModule):
                     f"(at global step {self.global_step}); stopping. The last good checkpoint is kept. "
                     "Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true."
                 )
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        sched = self.lr_schedulers()
-        if sched is not None:
-            self.log("train/lr", sched.get_last_lr()[0], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -17,10 +17,11 @@ GROUPS = {
     "objective": ["eps", "x0", "v"],
     "sampler": ["ddpm", "ddim", "ddim_eta1"],
     "backbone": ["unet", "diffusers_unet"],
-    "optimizer": ["adamw"],
+    "optimizer": ["adamw", "adam", "adamw_edm2"],
+    "lr_scheduler": ["constant", "cosine", "linear"],
     "trainer": ["default", "cpu", "gpu", "ddp", "ddp_sim"],
     "logger": ["wandb", "csv", "tensorboard", "none"],
-    "callbacks": ["default", "none", "ema", "model_checkpoint", "sample_grid", "progress_bar", "trajectory", "nfe_table", "fid", "preemption"],
+    "callbacks": ["default", "none", "ema", "model_checkpoint", "sample_grid", "progress_bar", "trajectory", "nfe_table", "fid", "preemption", "lr_monitor"],
 }
 
 
@@ -43,6 +44,22 @@ def test_schedule_objective_sampler_instantiate(schedule, objective):
         process, obj, smp = build_core(cfg)
         assert process.num_timesteps == 1000
         assert obj.target == objective == smp.prediction_type
+
+
+@pytest.mark.parametrize("optimizer", GROUPS["optimizer"])
+@pytest.mark.parametrize("lr_scheduler", GROUPS["lr_scheduler"])
+def test_optimizer_and_lr_scheduler_options_instantiate(optimizer, lr_scheduler):
+    import torch
+
+    cfg = compose_train([f"optimizer={optimizer}", f"lr_scheduler={lr_scheduler}", "lr_warmup_steps=7"])
+    opt = hydra.utils.instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    schedule = hydra.utils.instantiate(cfg.lr_scheduler)
+    assert schedule.name == lr_scheduler and schedule.warmup_steps == 7
+    sched = schedule.build(opt, total_steps=cfg.trainer.max_steps)
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr / 7)
+    assert sched.lr_lambdas[0](cfg.trainer.max_steps) == pytest.approx(1.0 if lr_scheduler == "constant" else 0.1)
+    if optimizer == "adamw_edm2":
+        assert tuple(opt.defaults["betas"]) == (0.9, 0.99)
 
 
 @pytest.mark.parametrize("weighting", ["uniform", "min_snr"])

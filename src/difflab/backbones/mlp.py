@@ -21,6 +21,9 @@ class MLP(nn.Module):
     (index ``num_classes``) is the "null" label used when ``y`` is None.
     """
 
+    #: the rank of one sample it takes: points (D,), not images (C, H, W)
+    data_rank = 1
+
     def __init__(
         self,
         dim: int = 2,

@@ -42,6 +42,8 @@ def key_message(key: str, error: BaseException | str, node: Any = None) -> str:
     config key in front that reads ``sampler.eta must be a number in [0, 1], got 1.5``.
     """
     msg = " ".join(str(error).split())
+    if msg.startswith(f"{key}.") or msg.startswith(f"{key}:") or msg.startswith(f"{key} "):
+        return msg  # the constructor already named its key (callbacks.ema.decay must ...)
     first = re.match(r"[A-Za-z_][A-Za-z0-9_]*", msg)
     if first and isinstance(node, DictConfig) and first.group(0) in node and not first.group(0).startswith("_"):
         return f"{key}.{msg}"
@@ -125,6 +127,132 @@ def check_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data: {_root_cause(e)}") from None
 
 
+def _data_shape(cfg: DictConfig) -> tuple[int, ...] | None:
+    import hydra
+
+    try:
+        return tuple(int(s) for s in hydra.utils.instantiate(cfg.data).image_shape)
+    except Exception:  # check_data reports a data module that cannot be built
+        return None
+
+
+def check_backbone_for_data(cfg: DictConfig) -> None:
+    """Points need a backbone for vectors (backbone=mlp), images one for images.
+
+    A backbone class says what it takes with ``data_rank`` (1: vectors (D,), 3: images
+    (C, H, W), the default). Without this check an image backbone on toy2d fails in the
+    ``${dl.data_shape:${data},1}`` interpolation ("list index out of range"), and the MLP on
+    images speaks of the image backbones' in_channels / image_size.
+    """
+    from hydra.utils import get_object
+
+    if "data" not in cfg or "backbone" not in cfg:
+        return
+    target = cfg.backbone.get("_target_")
+    shape = _data_shape(cfg)
+    if not target or shape is None:
+        return
+    try:
+        rank = int(getattr(get_object(str(target)), "data_rank", 3))
+    except Exception:  # an unimportable target is reported when it is built
+        return
+    data_name = cfg.data.get("name") if len(shape) == 1 else None
+    data = f"data={_choice('data', cfg)}" + (f" ({data_name})" if data_name else "")
+    if len(shape) == 1 and rank != 1:
+        raise ConfigError(
+            f"{data} holds {shape[0]}-D points (shape {shape}), which backbone={_choice('backbone', cfg)} "
+            f"({target}) cannot take: it is an image backbone; use backbone=mlp"
+        )
+    if len(shape) == 3 and rank == 1:
+        raise ConfigError(
+            f"backbone={_choice('backbone', cfg)} ({target}) takes points (vectors, e.g. data=toy2d), but {data} holds "
+            f"images of shape {shape}; use backbone=unet or backbone=diffusers_unet"
+        )
+
+
+def _choice(group: str, cfg: DictConfig) -> str:
+    """The option picked for a config group (``hydra.runtime.choices``), else the _target_'s class name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            choice = HydraConfig.get().runtime.choices.get(group)
+            if choice:
+                return str(choice)
+    except Exception:  # outside a Hydra app
+        pass
+    target = str(OmegaConf.select(cfg, f"{group}._target_", default="") or "")
+    return target.rsplit(".", 1)[-1].lower() or "?"
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """A schedule whose betas reach 1 (alpha-bar_T = 0: zero terminal SNR without asking for it).
+
+    The linear schedule scales its betas by 1000 / T (improved DDPM), so with the default
+    beta_end = 0.02 the last beta is exactly 1.0 at T = 20; eps-prediction cannot learn that
+    step (x0 is undefined there). Say so, instead of blaming ``zero_terminal_snr``, which is off.
+    """
+    from difflab.diffusion.schedules import get_beta_schedule
+
+    node = cfg.get("schedule")
+    if node is None or node.get("zero_terminal_snr") or node.get("name") is None:
+        return
+    if str(OmegaConf.select(cfg, "objective.target", default="eps")) != "eps":
+        return
+    kwargs = {k: v for k, v in node.items() if k not in ("_target_", "name", "num_timesteps", "zero_terminal_snr")}
+    try:
+        betas = get_beta_schedule(str(node.name), int(node.num_timesteps), False, **kwargs)
+    except (ValueError, TypeError):  # reported with the key when the schedule is built
+        return
+    if float(betas[-1]) >= 1.0:
+        T = int(node.num_timesteps)
+        scaled = " (its betas are scaled by 1000 / T, so beta_end * 1000 / T = " if node.name == "linear" else " ("
+        scaled += f"{float(betas[-1]):g})" if node.name == "linear" else f"last beta {float(betas[-1]):g})"
+        fix = "schedule.num_timesteps >= 21 or a lower schedule.beta_end" if node.name == "linear" else "other schedule parameters"
+        raise ConfigError(
+            f"schedule={node.name} with schedule.num_timesteps={T} reaches beta = 1 at the last step{scaled}, so "
+            f"alpha-bar_T = 0 and eps-prediction cannot learn that step; use {fix}, or objective=v"
+        )
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """W&B's log_model uploads checkpoints, which an offline run cannot (Lightning would raise)."""
+    from difflab.utils.wandb_env import resolve_wandb_mode
+
+    for name, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).endswith("make_wandb_logger"):
+            continue
+        log_model = node.get("log_model")
+        if not log_model:
+            continue
+        try:
+            mode = resolve_wandb_mode(node.get("mode"))
+        except ValueError:
+            continue
+        if mode == "offline":
+            why = f"WANDB_MODE={os.environ['WANDB_MODE']}" if os.environ.get("WANDB_MODE") else (
+                "logger.wandb.mode=offline" if node.get("mode") == "offline" else "no W&B API key is configured"
+            )
+            raise ConfigError(
+                f"logger.{name}.log_model={str(log_model).lower()} uploads checkpoints to W&B, but W&B runs offline ({why}); "
+                f"log in (`wandb login` or WANDB_API_KEY) to run online, or set logger.{name}.log_model=false"
+            )
+
+
+def check_lr_schedule(cfg: DictConfig) -> None:
+    """A decaying schedule needs its warm-up to end before the decay does."""
+    node = cfg.get("lr_scheduler")
+    if node is None or node.get("name", "constant") == "constant":
+        return
+    warmup = node.get("warmup_steps")
+    total = node.get("total_steps") or OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    if isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup >= total:
+        raise ConfigError(
+            f"lr_scheduler={node.name}: the warm-up (lr_warmup_steps={warmup}) must end before the decay does "
+            f"(at step {total}); lower lr_warmup_steps or raise trainer.max_steps"
+        )
+
+
 def check_resolvable(cfg: DictConfig) -> None:
     """Every interpolation resolves; an error names the key that holds it."""
     try:
@@ -138,7 +266,11 @@ def validate_config(cfg: DictConfig) -> None:
     """All cheap checks, in the order a user would fix them; raises ConfigError."""
     check_run_settings(cfg)
     check_data(cfg)
+    check_backbone_for_data(cfg)
     check_resolvable(cfg)
+    check_schedule(cfg)
+    check_lr_schedule(cfg)
+    check_loggers(cfg)
 
 
 # --------------------------------------------------------------------------- secrets
