@@ -3,7 +3,8 @@
 Epochs are 4 batches long (``trainer.limit_train_batches=4``) and a checkpoint is written
 every 2 steps, so the run can be stopped at an epoch boundary (step 4), in the middle of an epoch
 (step 6), or by SIGTERM in the middle of an epoch (step 5, the preemption callback's
-checkpoint); each is resumed to step 10 and compared with a run that went 0 -> 10.
+checkpoint), or by SIGUSR1 before the first validation (step 1); each is resumed to step 10 and
+compared with a run that went 0 -> 10.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def _compare(a: dict, b: dict) -> list[str]:
         # the epoch boundary is the easier case of the two below (~60-80 s on 2 busy cores)
         pytest.param(4, "max_steps", id="epoch_boundary", marks=pytest.mark.slow),
         pytest.param(6, "max_steps", id="mid_epoch"),
-        pytest.param(5, "sigterm", id="sigterm_mid_epoch"),
+        pytest.param(5, "SIGTERM", id="sigterm_mid_epoch"),
+        # before the first validation (step 2): ModelCheckpoint has written nothing yet, and its
+        # on_train_end save used to replace this checkpoint with one marking epoch 0 completed
+        pytest.param(1, "SIGUSR1", id="sigusr1_before_validation"),
     ],
 )
 def test_stop_and_resume_is_bit_exact(stop_at, how, uninterrupted, tmp_path):
@@ -54,11 +58,14 @@ def test_stop_and_resume_is_bit_exact(stop_at, how, uninterrupted, tmp_path):
         run_main(tmp_path, [*COMMON, f"trainer.max_steps={stop_at}"])
     else:  # the preemption callback's checkpoint, written at the end of a training batch
         run_main(tmp_path, [*COMMON, f"trainer.max_steps={TOTAL}", "+callbacks.sig._target_=tests.faults.inject.SignalSelf",
-                            f"+callbacks.sig.at_step={stop_at}"])
+                            f"+callbacks.sig.at_step={stop_at}", f"+callbacks.sig.signal={how}"])
     stopped = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")
     assert stopped["global_step"] == stop_at
     epoch, batches = divmod(stop_at - 1, 4)
     assert stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": epoch, "batches": batches + 1}]
+    if how != "max_steps":  # the loop state agrees with the loader's: the epoch is not marked done
+        assert stopped["epoch"] == epoch
+        assert stopped["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == epoch
     run_main(tmp_path, [*COMMON, f"trainer.max_steps={TOTAL}"])  # resume=auto picks up last.ckpt
     resumed = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == TOTAL

@@ -135,6 +135,12 @@ class Preemption(Callback):
             ckpt.last_model_path = str(path)
         trainer.save_checkpoint(str(path))
         self.saved_path = path
+        if isinstance(ckpt, ModelCheckpoint) and hasattr(ckpt, "_last_checkpoint_saved"):
+            # ModelCheckpoint.on_train_end writes last.ckpt when it has saved none itself (a signal
+            # before the first validation); that save, after the loop has closed the epoch, would
+            # replace this one with a checkpoint that says the interrupted epoch was completed
+            ckpt._last_checkpoint_saved = str(path)
+            ckpt._last_global_step_saved = trainer.global_step
         trainer.should_stop = True
         # A stop request makes Lightning validate once more (as for early stopping); within a
         # grace period that time is better spent exiting. The checkpoint is on disk already.
