@@ -57,13 +57,15 @@ def test_short_fit_every_combination(tmp_path, schedule, objective, sampler):
 
 
 def test_toy2d_with_mlp(tmp_path):
+    """2-D points train with the default callbacks; the sample grid becomes a scatter plot."""
     metric, _ = run_tiny(
         tmp_path,
-        ["data=toy2d", "backbone=mlp", "logger=none", "~callbacks.sample_grid", "data.batch_size=64",
-         "backbone.hidden=32"],
+        ["data=toy2d", "backbone=mlp", "logger=none", "data.batch_size=64", "backbone.hidden=32",
+         "callbacks.sample_grid.num_points=200", "callbacks.sample_grid.every_n_steps=1"],
         base=[o for o in TINY if not o.startswith(("backbone.", "callbacks.sample_grid"))],
     )
     assert metric is not None
+    assert [p.name for p in sorted((tmp_path / "samples").glob("*.png"))] == ["step_0000001.png", "step_0000002.png"]
 
 
 def _state(trainer, module):

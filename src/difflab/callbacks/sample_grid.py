@@ -2,6 +2,8 @@
 
 Each grid is written to ``<run dir>/samples/step_XXXXXXX.png`` and logged to every logger
 that takes images (W&B, TensorBoard). Under DDP only rank 0 samples and logs, once.
+2-D points (data=toy2d) get a scatter plot of ``num_points`` samples over held-out data
+points in place of the grid, under the same file names and logger key.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from difflab.callbacks.base import PeriodicImageCallback, evaluation_backbone, image_shape_of
 from difflab.samplers import generate
-from difflab.utils.images import make_grid_uint8, to_uint8
+from difflab.utils.images import make_grid_uint8, scatter_plot, to_uint8
 
 
 class SampleGrid(PeriodicImageCallback):
@@ -27,6 +29,8 @@ class SampleGrid(PeriodicImageCallback):
         at_end: also sample when training ends.
         sampler: an optional sampler to use instead of the module's.
         output_dir: the run dir (default: ``trainer.default_root_dir``).
+        num_points: for 2-D point data: the samples in the scatter plot (and at most as many
+            validation points drawn under them).
     """
 
     config_key = "sample_grid"
@@ -42,11 +46,15 @@ class SampleGrid(PeriodicImageCallback):
         at_end: bool = True,
         sampler=None,
         output_dir: str | None = None,
+        num_points: int = 1000,
     ) -> None:
         super().__init__(every_n_steps, at_end, seed, dirname, sampler, output_dir)
         if num_samples < 1:
             raise ValueError(f"callbacks.sample_grid.num_samples must be >= 1, got {num_samples}")
+        if num_points < 1:
+            raise ValueError(f"callbacks.sample_grid.num_points must be >= 1, got {num_points}")
         self.num_samples = int(num_samples)
+        self.num_points = int(num_points)
 
     @torch.no_grad()
     def sample(self, pl_module: L.LightningModule) -> torch.Tensor:
@@ -65,5 +73,33 @@ class SampleGrid(PeriodicImageCallback):
             )
         return to_uint8(x).cpu()
 
+    @torch.no_grad()
+    def sample_points(self, pl_module: L.LightningModule) -> torch.Tensor:
+        """``num_points`` samples (N, D) of point data, from the fixed seed, on the CPU."""
+        with evaluation_backbone(pl_module) as model:
+            x = generate(
+                model,
+                pl_module.process,
+                self.sampler or pl_module.sampler,
+                (self.num_points, *pl_module.image_shape),
+                torch.Generator().manual_seed(self.seed),
+                progress=False,
+                prediction_type=pl_module.objective.target,
+                device=pl_module.device,
+            )
+        return x.float().cpu()
+
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:
+        shape = getattr(pl_module, "image_shape", None)
+        if shape is not None and tuple(shape) == (2,):
+            return self.render_points(trainer, pl_module)
         return make_grid_uint8(self.sample(pl_module)), f"step {trainer.global_step}"
+
+    def render_points(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:
+        """A scatter plot of the samples over validation points of the data module (when it has them)."""
+        real = None
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "real_points"):
+            real = dm.real_points("val", n=min(self.num_points, int(getattr(dm, "n_val", self.num_points))), seed=self.seed)
+        caption = f"step {trainer.global_step}"
+        return scatter_plot(self.sample_points(pl_module), real, title=caption), caption

@@ -1,4 +1,4 @@
-"""Image conversions shared by grids, sample files and metrics.
+"""Image conversions shared by grids, sample files and metrics; scatter plots of 2-D points.
 
 Every place that turns model output into pixels goes through :func:`to_uint8`, so a
 FID computed in the training loop sees exactly the bytes a saved PNG holds.
@@ -58,3 +58,54 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     img.save(path)
     return path
+
+
+def scatter_plot(
+    samples: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray | None = None,
+    title: str | None = None,
+    size: float = 4.5,
+    dpi: int = 100,
+) -> np.ndarray:
+    """A scatter plot of 2-D points (N, 2) over the data (``reference``, grey) as an H x W x 3 uint8 array.
+
+    What 2-D toy data get in place of an image grid (SampleGrid, sample.py). Both sets share
+    the axes, which cover both (so samples that miss the data show it); drawn with matplotlib's
+    Agg canvas (no display needed).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pts = _points_2d(samples, "samples")
+    fig = Figure(figsize=(size, size), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if reference is not None:
+        ref = _points_2d(reference, "reference")
+        ax.scatter(ref[:, 0], ref[:, 1], s=4, c="0.7", alpha=0.6, linewidths=0, label=f"data (n={len(ref)})")
+    ax.scatter(pts[:, 0], pts[:, 1], s=4, c="tab:blue", alpha=0.8, linewidths=0, label=f"samples (n={len(pts)})")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7, markerscale=3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_scatter_png(
+    samples: torch.Tensor | np.ndarray,
+    path: str | Path,
+    reference: torch.Tensor | np.ndarray | None = None,
+    title: str | None = None,
+) -> Path:
+    """:func:`scatter_plot` written to ``path`` as PNG (parent folders created)."""
+    return save_png(scatter_plot(samples, reference, title), path)
+
+
+def _points_2d(x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    arr = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name} must be 2-D points of shape (N, 2), got shape {tuple(arr.shape)}")
+    return arr
