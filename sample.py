@@ -1,5 +1,7 @@
 """Sample from a checkpoint: `python sample.py ckpt=PATH [n=1000 metrics=[fid,kid] ...]` (see conf/sample.yaml)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -17,5 +19,14 @@ def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
+def _open_sampler_overrides(argv: list[str]) -> list[str]:
+    """``sampler.KEY=VALUE`` edits the checkpoint's own sampler when no ``sampler=NAME`` is
+    chosen; the sampler node is then added at run time, so Hydra needs the ``+``."""
+    if any(a.startswith("sampler=") for a in argv):
+        return argv
+    return [f"+{a}" if a.startswith("sampler.") else a for a in argv]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = _open_sampler_overrides(sys.argv[1:])
     main()

@@ -2,8 +2,9 @@
 
 Each option file of the ``schedule``, ``objective``, ``sampler``, ``data`` and ``backbone``
 groups starts from a schema stored here in Hydra's ConfigStore (``/schema/<group>/<name>``).
-The schemas of data modules and backbones are made from the constructors' signatures, so
-they cannot drift from the code: ``data.batchsize=3`` fails at composition with
+Every schema is made from the signature of the code it configures (a schedule: the process
+constructor plus the schedule function; a sampler: its class), so each default has one home,
+the code, and cannot drift: ``data.batchsize=3`` fails at composition with
 "Key 'batchsize' not in ...", ``sampler.eta=abc`` fails with "could not be converted to Float".
 """
 
@@ -13,88 +14,13 @@ import dataclasses
 import inspect
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 _PRIMITIVES = (int, float, bool, str)
-
-
-# --------------------------------------------------------------------------- schedules
-@dataclass
-class ScheduleConfig:
-    _target_: str = "difflab.diffusion.process.GaussianDiffusion.from_schedule"
-    name: str = MISSING
-    num_timesteps: int = 1000
-    zero_terminal_snr: bool = False
-
-
-@dataclass
-class LinearScheduleConfig(ScheduleConfig):
-    name: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-
-@dataclass
-class ScaledLinearScheduleConfig(ScheduleConfig):
-    name: str = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-
-
-@dataclass
-class CosineScheduleConfig(ScheduleConfig):
-    name: str = "cosine"
-    s: float = 0.008
-    max_beta: float = 0.999
-
-
-@dataclass
-class SigmoidScheduleConfig(ScheduleConfig):
-    name: str = "sigmoid"
-    start: float = -3.0
-    end: float = 3.0
-    tau: float = 1.0
-    clamp_min: float = 1e-5
-
-
-# --------------------------------------------------------------------------- objective
-@dataclass
-class ObjectiveConfig:
-    _target_: str = "difflab.diffusion.objectives.DiffusionObjective"
-    target: str = "eps"
-    weighting: str = "uniform"
-    gamma: float = 5.0
-
-
-# --------------------------------------------------------------------------- samplers
-@dataclass
-class _SamplerCommon:
-    clip_sample: bool = True
-    clip_range: float = 1.0
-    dynamic_thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
-    steps_offset: int = 0
-
-
-@dataclass
-class DDPMSamplerConfig(_SamplerCommon):
-    _target_: str = "difflab.samplers.ddpm.DDPMSampler"
-    num_steps: Optional[int] = None
-    spacing: str = "leading"
-    variance_type: str = "fixed_small"
-
-
-@dataclass
-class DDIMSamplerConfig(_SamplerCommon):
-    _target_: str = "difflab.samplers.ddim.DDIMSampler"
-    num_steps: int = 50
-    eta: float = 0.0
-    spacing: str = "trailing"
 
 
 # --------------------------------------------------------------------------- from signatures
@@ -120,21 +46,34 @@ def _omegaconf_type(tp: Any) -> Any:
     return Any
 
 
-def schema_from_signature(target: str, name: str, skip: tuple[str, ...] = ()) -> type:
-    """A dataclass with ``_target_`` and one typed field per constructor argument."""
+def schema_from_signature(
+    target: str, name: str, skip: tuple[str, ...] = (), also: Any = None, fixed: dict[str, Any] | None = None
+) -> type:
+    """A dataclass with ``_target_`` and one typed field per constructor argument.
+
+    ``also``: a second callable whose arguments become fields too (a schedule function behind
+    ``GaussianDiffusion.from_schedule(**kwargs)``); ``fixed``: defaults that override the
+    signature's (the schedule's ``name``).
+    """
     from hydra.utils import get_object
 
     obj = get_object(target)
-    fn = obj.__init__ if inspect.isclass(obj) else obj
-    sig = inspect.signature(fn)
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # annotations that cannot be evaluated: fall back to Any
-        hints = {}
+    fns = [obj.__init__ if inspect.isclass(obj) else obj] + ([also] if also is not None else [])
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
-    for p in sig.parameters.values():
-        if p.name in ("self", *skip) or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+    params = []
+    for fn in fns:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # annotations that cannot be evaluated: fall back to Any
+            hints = {}
+        params += [(p, hints) for p in inspect.signature(fn).parameters.values()]
+    seen: set[str] = set()
+    for p, hints in params:
+        if p.name in ("self", "cls", *skip, *seen) or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
+        seen.add(p.name)
+        if fixed and p.name in fixed:
+            p = p.replace(default=fixed[p.name])
         tp = _omegaconf_type(hints.get(p.name, Any))
         default = p.default
         if default is p.empty:
@@ -169,24 +108,30 @@ SIGNATURE_SCHEMAS: dict[str, dict[str, str]] = {
 _registered = False
 
 
+def _camel(name: str) -> str:
+    return name.title().replace("_", "")
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     global _registered
     if _registered:
         return
+    from difflab.diffusion.schedules import SCHEDULES
+    from difflab.samplers import SAMPLERS
+
     cs = ConfigStore.instance()
-    for name, node in {
-        "linear": LinearScheduleConfig,
-        "scaled_linear": ScaledLinearScheduleConfig,
-        "cosine": CosineScheduleConfig,
-        "sigmoid": SigmoidScheduleConfig,
-    }.items():
+    process = "difflab.diffusion.process.GaussianDiffusion.from_schedule"
+    for name, fn in SCHEDULES.items():
+        node = schema_from_signature(process, f"{_camel(name)}ScheduleConfig", also=fn, fixed={"name": name})
         cs.store(group="schema/schedule", name=name, node=node)
-    cs.store(group="schema", name="objective", node=ObjectiveConfig)
-    cs.store(group="schema/sampler", name="ddpm", node=DDPMSamplerConfig)
-    cs.store(group="schema/sampler", name="ddim", node=DDIMSamplerConfig)
+    cs.store(group="schema", name="objective",
+             node=schema_from_signature("difflab.diffusion.objectives.DiffusionObjective", "ObjectiveConfig"))
+    for name, cls in SAMPLERS.items():
+        node = schema_from_signature(f"{cls.__module__}.{cls.__qualname__}", f"{_camel(name)}SamplerConfig")
+        cs.store(group="schema/sampler", name=name, node=node)
     for group, entries in SIGNATURE_SCHEMAS.items():
         for name, target in entries.items():
-            node = schema_from_signature(target, f"{name.title().replace('_', '')}{group.title()}Config")
+            node = schema_from_signature(target, f"{_camel(name)}{group.title()}Config")
             cs.store(group=f"schema/{group}", name=name, node=node)
     _registered = True

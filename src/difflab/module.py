@@ -118,13 +118,14 @@ class DiffusionModule(L.LightningModule):
             y = None
         return x0, y
 
+    def set_eval_backbone(self, model: nn.Module | None) -> None:
+        """The weights to evaluate and sample with (the EMA callback hands over its copy).
+        Kept out of the module's children, so it is neither trained nor saved twice."""
+        self.__dict__["_eval_backbone"] = model
+
     def eval_backbone(self) -> nn.Module:
         """The weights to evaluate and sample with: the EMA copy when an EMA callback runs."""
-        from difflab.callbacks.ema import find_ema
-
-        trainer = self._trainer
-        ema = find_ema(trainer) if trainer is not None else None
-        return ema.ema_model if ema is not None and ema.ema_model is not None else self.backbone
+        return self.__dict__.get("_eval_backbone") or self.backbone
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -5,63 +5,42 @@
 
 Writes into the run dir (``outputs/sample/runs/<date>_<time>`` unless ``hydra.run.dir`` is given):
 
-- ``samples.npz``: ``images`` uint8 (N, H, W, C) and the protocol (``sampler``, ``num_steps``,
-  ``eta``, ``seed``, ``n``, ``use_ema``, ``checkpoint``, ``global_step``, and ``protocol``, all of
-  it as a JSON string); load with ``np.load(path)`` (no pickle needed);
-- ``grid.png``: the first 64 samples;
+- ``samples.npz``: ``images`` uint8 (N, H, W, C) (2-D data: ``points`` float (N, 2)) and the
+  protocol (``sampler``, ``nfe``, ``seed``, ``n``, ``use_ema``, ``checkpoint``, ``global_step``,
+  and ``protocol``, all of it as a JSON string); load with ``np.load(path)`` (no pickle needed);
+- ``grid.png``: the first 64 samples (2-D data: a scatter plot of the samples over the data);
 - with ``metrics``: ``metrics.json`` and a printed table (metric, protocol key, value, floor).
 
-Reproducible: batch b draws from ``torch.Generator().manual_seed(batch_seed(seed, b))`` on the
-CPU, so the same seed (and batch size) gives byte-identical files on the same device, and the
-initial noise is the same on CPU and GPU. Samples are scored against the training split of
-the checkpoint's data set with :mod:`difflab.metrics`; the data floor (held-out real images
-against the same reference) is reported next to each score.
+Samples and scores come from :mod:`difflab.evaluation`, the path the FID and NFE-table
+callbacks use: sample i is drawn from its own generator seeded by (seed, i), so the same
+seed gives the same samples (and the same score) here, in training callbacks and on any
+number of GPUs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
-from torch import nn
+from omegaconf import DictConfig, OmegaConf
 
-from difflab.diffusion.process import GaussianDiffusion
 from difflab.errors import ConfigError, DifflabError
-from difflab.samplers import SAMPLERS, Sampler, generate
-from difflab.utils.images import make_grid_uint8, save_png, to_uint8
+from difflab.utils.images import make_grid_uint8, save_png
 from difflab.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = [
-    "Scorer",
-    "batch_seed",
-    "check_metrics",
-    "main",
-    "resolve_device",
-    "run",
-    "sample_batches",
-    "sampler_info",
-    "write_npz",
-]
+__all__ = ["format_table", "main", "resolve_device", "run", "write_npz"]
 
 NPZ_NAME = "samples.npz"
 GRID_NAME = "grid.png"
 METRICS_NAME = "metrics.json"
-#: The real reference is drawn with this seed, whatever the sampling seed: scores of
-#: different sampling seeds share one reference.
-REAL_SEED = 0
-#: KID subset size (Binkowski et al. 2018 use 1000), capped by the number of samples.
-KID_SUBSET_SIZE = 1000
 
 
 # --------------------------------------------------------------------------- inputs
@@ -81,223 +60,14 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def check_metrics(metrics: Any) -> tuple[str, ...]:
-    """The metric names as a tuple; unknown ones raise ConfigError listing the accepted ones."""
-    from difflab.metrics import METRICS
-
-    if metrics is None:
-        return ()
-    if isinstance(metrics, str):
-        metrics = [m for m in metrics.replace(",", " ").split() if m]
-    names = tuple(str(m).lower() for m in metrics)
-    bad = [m for m in names if m not in METRICS]
-    if bad:
-        raise ConfigError(f"metrics: unknown metric(s) {', '.join(bad)}; accepted: {', '.join(METRICS)} (e.g. metrics=[fid,kid])")
-    return tuple(dict.fromkeys(names))
-
-
-def check_feature(feature: str) -> str:
-    from difflab.metrics import available_feature_extractors
-
-    names = available_feature_extractors()
-    if feature not in names:
-        raise ConfigError(f"feature={feature!r} is not a feature network; accepted: {', '.join(names)}")
-    return feature
-
-
 def _check_int(key: str, value: Any, minimum: int, why: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}{why}, got {value!r}")
     return int(value)
 
 
-# --------------------------------------------------------------------------- sampling
-def batch_seed(seed: int, batch_index: int) -> int:
-    """The seed of batch ``batch_index``: fixed by (seed, index), independent of rank and device."""
-    return (int(seed) * 0x9E3779B1 + int(batch_index) * 0x85EBCA6B + 1) % (2**63 - 1)
 
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
-def batch_size_of(b: int, n: int, batch_size: int) -> int:
-    return min(batch_size, n - b * batch_size)
-
-
-def sample_batches(
-    model: nn.Module,
-    process: GaussianDiffusion,
-    sampler: Sampler,
-    image_shape: Sequence[int],
-    n: int,
-    seed: int,
-    batch_size: int,
-    device: torch.device | str,
-    batches: Sequence[int] | None = None,
-    progress: bool = True,
-    *,
-    prediction_type: str,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(batch index, uint8 images (B, C, H, W) on the CPU)`` for the batches of n samples.
-
-    ``batches`` picks a subset of the batch indices (e.g. one DDP rank's share); the images of
-    a batch depend only on (seed, batch index, batch_size), not on which subset is drawn.
-    """
-    from tqdm.auto import tqdm
-
-    total = num_batches(n, batch_size)
-    indices = list(range(total)) if batches is None else list(batches)
-    for b in tqdm(indices, desc="sampling", unit="batch", disable=not progress, dynamic_ncols=True):
-        size = batch_size_of(b, n, batch_size)
-        generator = torch.Generator().manual_seed(batch_seed(seed, b))
-        x = generate(model, process, sampler, (size, *image_shape), generator, progress=False, device=device,
-                     prediction_type=prediction_type)
-        yield b, to_uint8(x).cpu()
-
-
-def sampler_info(sampler: Sampler, num_timesteps: int) -> dict[str, Any]:
-    """Name, number of network evaluations (steps) and eta of a sampler, for protocol keys."""
-    name = next((k for k, cls in SAMPLERS.items() if type(sampler) is cls), None)
-    if name is None:
-        name = next((k for k, cls in SAMPLERS.items() if isinstance(sampler, cls)), type(sampler).__name__.lower())
-    info = {"sampler": name, "num_steps": int(sampler.timesteps(num_timesteps).numel()), "eta": float(getattr(sampler, "eta", 0.0))}
-    info["spacing"] = sampler.spacing
-    return info
-
-
-# --------------------------------------------------------------------------- scoring
-class Scorer:
-    """FID/KID of samples against the training split of a data set, under one protocol.
-
-    The real reference is ``n_real = min(n, size of train)`` training images drawn with
-    :data:`REAL_SEED`; its statistics are cached in ``cache_dir``. The data floor (held-out
-    ``val`` images against the training reference, :func:`difflab.metrics.data_floor`) uses
-    ``n_floor = min(n, size of train, size of val)`` on both sides. Both are computed once,
-    on first use, so one Scorer serves several samplers.
-    """
-
-    def __init__(
-        self,
-        datamodule: Any,
-        feature: str,
-        metrics: Sequence[str],
-        n: int,
-        cache_dir: str | Path | None,
-        device: torch.device | str = "cpu",
-        batch_size: int = 256,
-        floor: bool = True,
-    ) -> None:
-        from difflab.metrics import RealStatsCache, build_feature_extractor
-
-        self.datamodule = datamodule
-        self.metrics = check_metrics(metrics)
-        self.feature = check_feature(feature)
-        self.n = _check_int("n", n, 2, " to compute FID/KID (a covariance needs 2 samples)")
-        self.batch_size = batch_size
-        self.cache = RealStatsCache(cache_dir) if cache_dir else None
-        if not hasattr(datamodule, "real_images"):
-            raise ConfigError(f"data {type(datamodule).__name__} has no real_images(); FID/KID need an image data set")
-        shape = tuple(getattr(datamodule, "image_shape", ()) or ())
-        if len(shape) != 3:
-            raise ConfigError(f"FID/KID need images (C, H, W); the data {getattr(datamodule, 'name', '?')!r} has shape {shape}")
-        with _as_config_error("metrics"):
-            self.extractor = build_feature_extractor(self.feature, device=device)
-        self.with_floor = floor
-        self._real = None
-        self._floor: dict[str, Any] | None = None
-
-    def _split_size(self, split: str) -> int | None:
-        self.datamodule.setup()
-        dataset = getattr(self.datamodule, f"{split}_set", None)
-        return len(dataset) if dataset is not None else None
-
-    @property
-    def n_real(self) -> int:
-        size = self._split_size("train")
-        return min(self.n, size) if size else self.n
-
-    @property
-    def n_floor(self) -> int | None:
-        sizes = [s for s in (self._split_size("train"), self._split_size("val")) if s]
-        n = min([self.n, *sizes])
-        return n if n >= 2 and len(sizes) == 2 else None
-
-    @property
-    def real(self):
-        from difflab.metrics import real_stats
-
-        if self._real is None:
-            with _as_config_error("metrics"):
-                self._real = real_stats(self.datamodule, "train", self.n_real, self.extractor, self.cache, seed=REAL_SEED, batch_size=self.batch_size)
-        return self._real
-
-    @property
-    def floor(self) -> dict[str, Any] | None:
-        from difflab.metrics import data_floor
-
-        if self._floor is None and self.with_floor and self.n_floor is not None:
-            with _as_config_error("metrics (data floor)"):
-                self._floor = data_floor(
-                    self.datamodule, self.n_floor, self.extractor, self.cache, seed=REAL_SEED, metrics=self.metrics,
-                    kid_subset_size=min(KID_SUBSET_SIZE, self.n_floor),
-                )
-            self._floor["n"] = self.n_floor
-        return self._floor
-
-    def features(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Feature rows (N, D) of uint8 images (N, C, H, W)."""
-        with _as_config_error("metrics"):
-            return self.extractor.extract(images, batch_size=self.batch_size)
-
-    def score(self, fake: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
-        """Rows ``{metric, key, value, std, floor, floor_n, n}`` for uint8 images or feature rows of the samples."""
-        from difflab.metrics import protocol_key, score
-        from difflab.metrics.evaluate import floor_key
-
-        with _as_config_error("metrics"):
-            subset = min(KID_SUBSET_SIZE, len(fake), self.real.n)
-            result = score(
-                fake, self.real, self.extractor, self.metrics, batch_size=self.batch_size, seed=REAL_SEED, kid_subset_size=subset
-            )
-        n_fake = int(result["protocol"]["n_fake"])
-        floor = self.floor
-        rows = []
-        for metric in self.metrics:
-            rows.append(
-                {
-                    "metric": metric,
-                    "key": protocol_key(metric, self.feature, info["sampler"], info["num_steps"], info["eta"], n_fake),
-                    "value": float(result[metric]),
-                    "std": float(result[f"{metric}_std"]) if f"{metric}_std" in result else None,
-                    "floor": float(floor[metric]) if floor else None,
-                    "floor_n": floor["n"] if floor else None,
-                    "floor_key": floor_key(metric, self.feature, floor["n"]) if floor else None,
-                    "n": n_fake,
-                    "n_real": self.real.n,
-                    "protocol": result["protocol"],
-                }
-            )
-        return rows
-
-
-class _as_config_error:
-    """Turn the metrics library's input errors (ValueError, missing weights) into one-line errors."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, tp, value, tb) -> bool:
-        from difflab.metrics import FeatureWeightsNotFoundError
-
-        if value is not None and isinstance(value, (ValueError, FeatureWeightsNotFoundError)) and not isinstance(value, DifflabError):
-            raise ConfigError(f"{self.where}: {value}") from None
-        return False
-
-
+# --------------------------------------------------------------------------- tables
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table: metric, protocol key, value, floor."""
     floor_n = next((r["floor_n"] for r in rows if r.get("floor_n")), None)
@@ -355,78 +125,81 @@ def _output_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample ``n`` images from ``cfg.ckpt``; write samples.npz, grid.png (and metrics.json).
 
-    Returns ``{"npz": path, "grid": path, "metrics": rows or [], "sampler": info}``.
+    Returns ``{"npz": path, "grid": path, "metrics": rows or [], "sampler": info, "output_dir": dir}``.
     """
-    from difflab.train import build_core
+    from difflab.build import build_sampler
+    from difflab.evaluation import Evaluator, check_metrics, draw, eval_mode, evaluate, sampler_key
     from difflab.utils.checkpoint import load_model
 
     # 1. validate the cheap things first, before the checkpoint is read or anything sampled
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.get("ckpt"):
         raise ConfigError("ckpt is required: ckpt=<run dir>/checkpoints/last.ckpt (or an exported .safetensors file)")
-    metrics = check_metrics(cfg.get("metrics"))
+    try:
+        metrics = check_metrics(cfg.get("metrics"))
+    except ValueError as e:
+        raise ConfigError(f"{e} (e.g. metrics=[fid,kid])") from None
     n = _check_int("n", cfg.n, 2 if metrics else 1, " with metrics (a covariance needs 2 samples)" if metrics else "")
     batch_size = _check_int("batch_size", cfg.batch_size, 1)
     seed = _check_int("seed", cfg.seed, 0)
     grid_n = _check_int("grid_size", cfg.get("grid_size", 64), 0)
-    feature = check_feature(str(cfg.feature)) if metrics else str(cfg.feature)
     device = resolve_device(cfg.get("device", "auto"))
     out_dir = _output_dir(cfg)
 
-    # 2. the model, and the sampler (the checkpoint's unless one is chosen)
+    # 2. the model, the sampler (the checkpoint's unless one is chosen) and the scorer
     model = load_model(str(cfg.ckpt), use_ema=bool(cfg.use_ema))
     if cfg.use_ema and not model.used_ema:
         log.warning("%s has no EMA weights; sampling with the raw weights", cfg.ckpt)
-    with open_dict(cfg):  # conf/sampler/*.yaml read ${objective.target}: the checkpoint's objective
-        cfg.objective = model.config["objective"]
     sampler_cfg = _sampler_node(cfg, model.config["sampler"])
-    core = OmegaConf.create({"schedule": model.config["schedule"], "objective": model.config["objective"], "sampler": sampler_cfg})
-    _, _, sampler = build_core(core)
-    info = sampler_info(sampler, model.process.num_timesteps)
-    scorer = None
+    sampler = build_sampler(sampler_cfg, model.process.num_timesteps)
+    T = model.process.num_timesteps
+    info = {"sampler": sampler_key(sampler, T), "nfe": sampler.nfe(T), "config": repr(sampler)}
+    evaluator = None
     if metrics:
+        if len(model.image_shape) != 3:
+            raise ConfigError(f"metrics={list(metrics)} score images; this checkpoint's data has shape {tuple(model.image_shape)}")
         import hydra
 
         datamodule = hydra.utils.instantiate(model.config["data"])
-        cache_dir = cfg.get("cache_dir") or Path(str(cfg.paths.cache_dir)) / "real_stats"
-        scorer = Scorer(datamodule, feature, metrics, n, cache_dir, device=device, batch_size=batch_size)
+        from difflab.metrics import FeatureWeightsNotFoundError
 
-    # 3. sample
+        try:
+            evaluator = Evaluator(datamodule, str(cfg.feature), metrics, n, cfg.get("cache_dir"),
+                                  weights_path=cfg.get("weights_path"), device=device)
+        except (ValueError, FeatureWeightsNotFoundError) as e:
+            raise ConfigError(f"metrics: {e}") from None
+
+    # 3. sample (and score) on the one evaluation path
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    backbone = model.backbone.to(device)
-    process = model.process.to(device)
-    log.info(
-        "sampling n=%d with %s (%d steps, eta=%g) from %s (%s weights) on %s",
-        n, info["sampler"], info["num_steps"], info["eta"], cfg.ckpt, "EMA" if model.used_ema else "raw", device,
-    )
+    backbone, process = model.backbone.to(device), model.process.to(device)
+    log.info("sampling n=%d with %s from %s (%s weights) on %s", n, info["sampler"], cfg.ckpt,
+             "EMA" if model.used_ema else "raw", device)
+    progress = "sampling" if cfg.get("progress", True) else False
     start = time.perf_counter()
-    images = torch.cat(
-        [x for _, x in sample_batches(backbone, process, sampler, model.image_shape, n, seed, batch_size, device, progress=bool(cfg.get("progress", True)), prediction_type=model.objective.target)]
-    )
+    with eval_mode(backbone):
+        if evaluator is not None:
+            result = evaluate(backbone, process, sampler, model.objective.target, evaluator, seed, batch_size, device,
+                              progress=progress, keep_samples=True)
+            samples = result.samples
+        else:
+            result = None
+            samples = torch.cat([x for _, x in draw(backbone, process, sampler, model.objective.target, model.image_shape,
+                                                    n, seed, batch_size, device, batches=None, progress=progress)])
     seconds = time.perf_counter() - start
-    if images.ndim != 4:
-        raise ConfigError(f"sample.py writes images; this checkpoint's data has shape {tuple(model.image_shape)}")
 
     # 4. files
     protocol = {
-        "checkpoint": str(cfg.ckpt),
-        "global_step": model.global_step,
-        "use_ema": model.used_ema,
-        "n": n,
-        "seed": seed,
-        "batch_size": batch_size,
-        "device": device.type,
-        **info,
+        "checkpoint": str(cfg.ckpt), "global_step": model.global_step, "use_ema": model.used_ema, "n": n,
+        "seed": seed, "batch_size": batch_size, "device": device.type, **info,
         "sampler_config": OmegaConf.to_container(sampler_cfg, resolve=True),
-        "data": (model.config.get("data") or {}).get("_target_"),
-        "image_shape": list(model.image_shape),
+        "data": (model.config.get("data") or {}).get("_target_"), "image_shape": list(model.image_shape),
     }
+    images = samples.ndim == 4
     arrays = {
-        "images": images.permute(0, 2, 3, 1).contiguous().numpy(),
+        ("images" if images else "points"): samples.permute(0, 2, 3, 1).contiguous().numpy() if images else samples.numpy(),
         "sampler": np.array(info["sampler"]),
-        "num_steps": np.array(info["num_steps"], dtype=np.int64),
-        "eta": np.array(info["eta"], dtype=np.float64),
+        "nfe": np.array(info["nfe"], dtype=np.int64),
         "seed": np.array(seed, dtype=np.int64),
         "n": np.array(n, dtype=np.int64),
         "use_ema": np.array(model.used_ema),
@@ -435,26 +208,51 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "protocol": np.array(json.dumps(protocol, sort_keys=True)),
     }
     npz = write_npz(out_dir / NPZ_NAME, arrays)
-    grid = save_png(make_grid_uint8(images[:grid_n]), out_dir / GRID_NAME) if grid_n else None
-    print(f"{n} samples ({info['sampler']}, {info['num_steps']} steps, {seconds:.1f} s) -> {npz}")
+    grid = None
+    if grid_n and images:
+        grid = save_png(make_grid_uint8(samples[:grid_n]), out_dir / GRID_NAME)
+    elif grid_n:
+        grid = _scatter(model, samples, out_dir / GRID_NAME)
+    print(f"{n} samples ({info['sampler']}, {info['nfe']} NFE, {seconds:.1f} s) -> {npz}")
 
     # 5. metrics
     rows: list[dict[str, Any]] = []
-    if scorer is not None:
-        rows = scorer.score(images, info)
-        floor = scorer.floor
-        report = {
-            "protocol": protocol,
-            "feature": feature,
-            "metrics": {r["key"]: r["value"] for r in rows},
-            "rows": [{k: v for k, v in r.items() if k != "protocol"} for r in rows],
-            "score_protocol": rows[0]["protocol"],
-            "floor": None if floor is None else {"n": floor["n"], **{m: floor[m] for m in metrics}, "protocol": floor["protocol"]},
-        }
+    if result is not None:
+        rows = _rows(result)
+        report = {"protocol": protocol, "metrics": result.scores, "floor": result.floor, "rows": rows,
+                  "score_protocol": result.protocol}
         (out_dir / METRICS_NAME).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         print(format_table(rows))
         print(f"metrics -> {out_dir / METRICS_NAME}")
     return {"npz": npz, "grid": grid, "metrics": rows, "sampler": info, "output_dir": out_dir}
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    """One row per metric: key, value, floor (and its n)."""
+    rows = []
+    for key, value in result.scores.items():
+        metric = key.split("/", 1)[0]
+        floor_key = next((k for k in result.floor if k.startswith(f"{metric}_floor/")), None)
+        rows.append({
+            "metric": metric, "key": key, "value": float(value),
+            "std": result.values.get(f"{metric}_std"),
+            "floor": None if floor_key is None else float(result.floor[floor_key]),
+            "floor_key": floor_key, "floor_n": None if floor_key is None else int(floor_key.rsplit("/n", 1)[1]),
+            "n": result.protocol["n"],
+        })
+    return rows
+
+
+def _scatter(model: Any, points: torch.Tensor, path: Path) -> Path:
+    """A scatter plot of 2-D samples over the training data."""
+    import hydra
+
+    from difflab.utils.images import scatter_png
+
+    data = hydra.utils.instantiate(model.config["data"])
+    data.setup()
+    reference = data.real_points("train") if hasattr(data, "real_points") else None
+    return scatter_png(points.numpy(), path, reference=None if reference is None else np.asarray(reference))
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from difflab.utils.checkpoint import EMA_STATE_KEY, ema_state_from_checkpoint  # noqa: F401 (re-exported)
+
 
 def ema_decay_at(num_updates: int, decay: float, warmup: bool) -> float:
     """Decay used for update number ``num_updates`` (0-based).
@@ -40,7 +42,7 @@ class EMA(Callback):
         start_step: do not update before this global step (the EMA copies the weights then).
     """
 
-    state_key_name = "EMA"
+    state_key_name = EMA_STATE_KEY
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0) -> None:
         if not 0.0 <= decay < 1.0:
@@ -67,6 +69,7 @@ class EMA(Callback):
         if self.ema_model is None:
             self.ema_model = uncompiled_copy(pl_module.backbone).eval().requires_grad_(False)
         self.ema_model.to(pl_module.device)
+        pl_module.set_eval_backbone(self.ema_model)  # validation and the sampling callbacks use it
         if self._pending_state is not None:
             self._load(self._pending_state)
             self._pending_state = None
@@ -148,9 +151,3 @@ def find_ema(trainer: L.Trainer | None) -> EMA | None:
         if isinstance(cb, EMA):
             return cb
     return None
-
-
-def ema_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The EMA backbone weights stored in a checkpoint dict, or None if it has none."""
-    state = checkpoint.get("callbacks", {}).get(EMA.state_key_name)
-    return state.get("state_dict") if state else None

@@ -7,16 +7,14 @@ alongside). Results go to ``<run dir>/nfe_table.csv``, a plot ``<run dir>/nfe_fi
 W&B table (``eval/nfe_table``); each score is also logged under its protocol key
 (``fid/digits/ddim50/n1000``).
 
-DDP: the n samples are cut into batches of ``batch_size``; batch b is seeded by (seed, b) and
-drawn by rank ``b % world_size``. Each rank turns its images into feature rows, the rows are
-gathered with ``pl_module.all_gather`` and put back in batch order on rank 0, which scores,
-writes and logs. The table is therefore the same for any number of ranks.
+Every entry is drawn and scored on :mod:`difflab.evaluation`, the path of the FID callback and
+sample.py: the same checkpoint, sampler and seed give the same number in all three, and the
+table is the same for any number of DDP ranks (rank 0 writes and logs it).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from difflab.callbacks.base import evaluation_backbone
 from difflab.errors import ConfigError
+from difflab.evaluation import Evaluator, check_metrics, evaluate
+from difflab.metrics import available_feature_extractors
 from difflab.samplers import SAMPLERS, Sampler
 from difflab.utils.logging import get_logger
 from difflab.utils.loggers import log_image, log_table
@@ -45,7 +45,7 @@ DEFAULT_SAMPLERS: tuple[dict[str, Any], ...] = (
 )
 
 COLUMNS = [
-    "sampler", "num_steps", "nfe", "eta", "spacing", "n", "feature",
+    "sampler", "key_part", "num_steps", "nfe", "eta", "spacing", "n", "feature",
     "fid", "kid", "kid_std", "fid_key", "kid_key", "floor_fid", "floor_kid", "floor_n",
     "seconds", "global_step",
 ]
@@ -63,12 +63,12 @@ class NFETable(Callback):
     """Score the final EMA weights with several samplers and step counts.
 
     Args:
-        samplers: entries ``{name: ddpm | ddim, num_steps: int | null, **sampler options}``;
-            ``num_steps: null`` means all T steps. ``prediction_type`` is the module's.
+        samplers: entries ``{name: <a sampler of the sampler group>, num_steps: int | null,
+            **sampler options}``; ``num_steps: null`` means all T steps.
         n: samples per entry (also the real reference size, capped by the training split).
         feature: feature network, ``digits`` or ``inception``.
         metrics: any of ``fid``, ``kid``.
-        seed: seed of the samples (batch b draws from seed (seed, b)).
+        seed: sample i of every entry is drawn from a generator seeded by (seed, i).
         batch_size: samples per batch, per rank.
         enabled: false turns the callback off (handy from the command line).
         cache_dir: where real statistics are cached (None: not cached).
@@ -89,41 +89,30 @@ class NFETable(Callback):
         output_dir: str | None = None,
         floor: bool = True,
     ) -> None:
-        from difflab.sample import check_feature, check_metrics
-
         self.entries = [_plain(e) for e in samplers]
         if not self.entries:
             raise ValueError("callbacks.nfe_table.samplers is empty; give at least one {name, num_steps}")
         for entry in self.entries:
-            name = entry.get("name")
-            if name not in SAMPLERS:
-                raise ValueError(f"callbacks.nfe_table.samplers: unknown sampler {name!r}; accepted: {', '.join(SAMPLERS)}")
+            if entry.get("name") not in SAMPLERS:
+                raise ValueError(f"callbacks.nfe_table.samplers: unknown sampler {entry.get('name')!r}; accepted: {', '.join(SAMPLERS)}")
             if "prediction_type" in entry:
                 raise ValueError("callbacks.nfe_table.samplers: leave prediction_type out; it follows the trained objective")
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise ValueError(f"callbacks.nfe_table.n must be an integer >= 2 (a covariance needs 2 samples), got {n!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"callbacks.nfe_table.batch_size must be an integer >= 1, got {batch_size!r}")
-        try:
-            self.metrics = check_metrics(list(metrics))
-            self.feature = check_feature(feature)
-        except ConfigError as e:
-            raise ValueError(f"callbacks.nfe_table.{e}") from None
+        self.metrics = check_metrics(metrics, "callbacks.nfe_table.metrics")
         if not self.metrics:
             raise ValueError("callbacks.nfe_table.metrics is empty; accepted: fid, kid")
-        self.n = int(n)
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.enabled = bool(enabled)
-        self.cache_dir = cache_dir
-        self.output_dir = output_dir
-        self.floor = bool(floor)
+        if feature not in available_feature_extractors():
+            raise ValueError(f"callbacks.nfe_table.feature={feature!r}; accepted: {', '.join(available_feature_extractors())}")
+        self.n, self.feature, self.seed, self.batch_size = int(n), feature, int(seed), int(batch_size)
+        self.enabled, self.cache_dir, self.output_dir, self.floor = bool(enabled), cache_dir, output_dir, bool(floor)
         self.rows: list[dict[str, Any]] = []
-        self._floor_rows: list[dict[str, Any]] = []
+        self.floor_values: dict[str, float] = {}
         self.csv_path: Path | None = None
         self.plot_path: Path | None = None
 
-    # ------------------------------------------------------------------ samplers
     def build_samplers(self, num_timesteps: int) -> list[Sampler]:
         """One sampler per entry, validated against T (a bad entry raises ConfigError)."""
         samplers = []
@@ -141,86 +130,52 @@ class NFETable(Callback):
         if self.enabled and stage == "fit":  # bad entries stop the run before the first step
             self.build_samplers(pl_module.process.num_timesteps)
 
-    def _out_dir(self, trainer: L.Trainer) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir)
-
-    # ------------------------------------------------------------------ sampling + gathering
-    def _features(self, trainer: L.Trainer, pl_module: L.LightningModule, scorer, sampler: Sampler) -> np.ndarray | None:
-        """Feature rows of the n samples in batch order on rank 0 (None on other ranks)."""
-        from difflab.sample import num_batches, sample_batches
-
-        world, rank = max(1, int(trainer.world_size)), int(trainer.global_rank)
-        total = num_batches(self.n, self.batch_size)
-        mine = list(range(rank, total, world))
-        with evaluation_backbone(pl_module) as model:
-            chunks = [
-                scorer.features(images)
-                for _, images in sample_batches(
-                    model, pl_module.process, sampler, pl_module.image_shape, self.n, self.seed,
-                    self.batch_size, pl_module.device, batches=mine, progress=trainer.is_global_zero,
-                    prediction_type=pl_module.objective.target,
-                )
-            ]
-        dim = scorer.extractor.feature_dim
-        local = np.concatenate(chunks) if chunks else np.empty((0, dim))
-        if world == 1:
-            return local
-        # pad every rank to the same number of rows, gather (world, rows, D), undo the round robin
-        rows = math.ceil(total / world) * self.batch_size
-        padded = torch.zeros(rows, dim, dtype=torch.float64, device=pl_module.device)
-        padded[: local.shape[0]] = torch.from_numpy(local).to(pl_module.device)
-        gathered = pl_module.all_gather(padded).cpu().numpy()  # (world, rows, D)
-        return merge_round_robin(gathered, self.n, self.batch_size) if trainer.is_global_zero else None
-
-    # ------------------------------------------------------------------ the table
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled:
             self.evaluate(trainer, pl_module)
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:
-        from difflab.sample import Scorer, sampler_info
-
+        """Score every entry on the evaluation path (a collective: every rank calls it)."""
         shape = pl_module.image_shape
         datamodule = getattr(trainer, "datamodule", None)
         if shape is None or len(shape) != 3 or datamodule is None or not hasattr(datamodule, "real_images"):
             log.warning("NFETable: needs an image data module with real_images(); skipped")
             return []
         T = pl_module.process.num_timesteps
-        samplers = self.build_samplers(T)
-        scorer = Scorer(datamodule, self.feature, self.metrics, self.n, self.cache_dir, device=pl_module.device, floor=self.floor)
+        evaluator = Evaluator(datamodule, self.feature, self.metrics, self.n, self.cache_dir, device=pl_module.device,
+                              floor=self.floor)
         step = trainer.global_step
         self.rows = []
-        for sampler in samplers:
-            info = sampler_info(sampler, T)
+        for sampler in self.build_samplers(T):
             start = time.perf_counter()
-            feats = self._features(trainer, pl_module, scorer, sampler)
-            seconds = time.perf_counter() - start
-            if feats is None:  # not rank 0
-                continue
-            scores = {r["metric"]: r for r in scorer.score(feats, info)}
-            self._floor_rows = list(scores.values())
+            with evaluation_backbone(pl_module) as model:
+                result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, evaluator, self.seed,
+                                  self.batch_size, pl_module.device,
+                                  progress=f"NFE table {sampler.key_part(T)}" if trainer.is_global_zero else False)
+            self.floor_values = result.floor
             row: dict[str, Any] = {
-                "sampler": info["sampler"], "num_steps": sampler.num_steps if sampler.num_steps is not None else T,
-                "nfe": info["num_steps"], "eta": info["eta"], "spacing": info["spacing"], "n": self.n,
-                "feature": self.feature, "seconds": round(seconds, 3), "global_step": step,
+                "sampler": type(sampler).__name__.removesuffix("Sampler").lower(), "key_part": sampler.key_part(T),
+                "num_steps": len(sampler.timesteps(T)), "nfe": sampler.nfe(T), "eta": float(getattr(sampler, "eta", 0.0)),
+                "spacing": getattr(sampler, "spacing", None), "n": self.n, "feature": self.feature,
+                "seconds": round(time.perf_counter() - start, 3), "global_step": step,
+                "kid_std": result.values.get("kid_std"),
             }
             for metric in ("fid", "kid"):
-                r = scores.get(metric)
-                row[metric] = r["value"] if r else None
-                row[f"{metric}_key"] = r["key"] if r else None
-                row[f"floor_{metric}"] = r["floor"] if r else None
-                if r:
-                    row["floor_n"] = r["floor_n"]
-            row["kid_std"] = scores["kid"]["std"] if "kid" in scores else None
+                key = next((k for k in result.scores if k.startswith(f"{metric}/")), None)
+                fkey = next((k for k in result.floor if k.startswith(f"{metric}_floor/")), None)
+                row[metric], row[f"{metric}_key"] = (result.scores[key], key) if key else (None, None)
+                row[f"floor_{metric}"] = result.floor[fkey] if fkey else None
+                if fkey:
+                    row["floor_n"] = int(fkey.rsplit("/n", 1)[1])
             self.rows.append(row)
-            log.info("NFETable: %s", ", ".join(f"{r['key']}={r['value']:.4g}" for r in scores.values()))
+            log.info("NFETable: %s", ", ".join(f"{k}={v:.4g}" for k, v in result.scores.items()))
         if trainer.is_global_zero:
             self._write(trainer, step)
         return self.rows
 
     def _write(self, trainer: L.Trainer, step: int) -> None:
-        out = self._out_dir(trainer)
+        out = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.csv_path = out / "nfe_table.csv"
         with open(self.csv_path, "w", newline="") as f:
@@ -233,23 +188,10 @@ class NFETable(Callback):
         for logger in trainer.loggers:
             log_table(logger, "eval/nfe_table", COLUMNS, [[row.get(k) for k in COLUMNS] for row in self.rows])
             scalars = {row[f"{m}_key"]: row[m] for row in self.rows for m in self.metrics if row.get(m) is not None}
-            scalars.update({r["floor_key"]: r["floor"] for r in self._floor_rows if r.get("floor_key")})
+            scalars.update(self.floor_values)
             logger.log_metrics(scalars, step=step)
             log_image(logger, f"eval/nfe_{metric}", _read_png(self.plot_path), step=step, caption=f"{metric} against NFE")
         log.info("NFE table written to %s and %s", self.csv_path, self.plot_path)
-
-
-def merge_round_robin(gathered: np.ndarray, n: int, batch_size: int) -> np.ndarray:
-    """Rows of all batches in batch order from ``gathered`` (world, rows, D), where rank r holds
-    batches r, r + world, ... back to back (each ``batch_size`` rows, the last batch shorter)."""
-    from difflab.sample import batch_size_of, num_batches
-
-    world = gathered.shape[0]
-    parts = []
-    for b in range(num_batches(n, batch_size)):
-        r, k = b % world, b // world
-        parts.append(gathered[r, k * batch_size : k * batch_size + batch_size_of(b, n, batch_size)])
-    return np.concatenate(parts)
 
 
 def plot_nfe(rows: list[dict[str, Any]], path: str | Path, metric: str = "fid") -> Path:

@@ -102,7 +102,7 @@ class DiffusionObjective:
     ``"min_snr"`` multiplies it by :func:`min_snr_weight` with ``gamma`` (Hang et al. 2023).
     """
 
-    def __init__(self, target: str = "eps", weighting: str = "uniform", gamma: float = 5.0) -> None:
+    def __init__(self, target: str = "eps", weighting: str = "min_snr", gamma: float = 5.0) -> None:
         if target not in PREDICTION_TYPES:
             raise ValueError(f"unknown target {target!r}; choose one of {list(PREDICTION_TYPES)}")
         if weighting not in WEIGHTINGS:

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from difflab.metrics.fid import FeatureStats
 
 __all__ = ["REQUIRED_KEY_FIELDS", "RealStats", "RealStatsCache", "key_hash"]
 
@@ -48,8 +47,9 @@ class RealStats:
     @classmethod
     def from_features(cls, features: np.ndarray, key: Mapping[str, Any] | None = None) -> RealStats:
         features = np.asarray(features, dtype=np.float64)
-        stats = FeatureStats.from_features(features)
-        return cls(stats.mean(), stats.cov(), features, dict(key or {}))
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise ValueError(f"real statistics need features (n >= 2, D), got shape {features.shape}")
+        return cls(features.mean(axis=0), np.cov(features, rowvar=False), features, dict(key or {}))
 
 
 def _canonical(key: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,10 +28,14 @@ from difflab.errors import CheckpointError, DifflabError
 from difflab.samplers.base import Sampler
 
 __all__ = [
+    "InitFrom",
     "LoadedModel",
     "build_model_from_checkpoint",
+    "check_same_model",
     "checkpoint_config",
+    "ema_state_from_checkpoint",
     "export_safetensors",
+    "init_weights_from",
     "load_checkpoint",
     "load_model",
     "load_safetensors",
@@ -43,6 +47,8 @@ CKPT_HINT = "give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt
 #: Keys of a difflab checkpoint that hold the backbone: EMA copy and the LightningModule's weights.
 BACKBONE_PREFIX = "backbone."
 _COMPILED_PREFIX = "_orig_mod."
+#: Where the EMA callback's state (and its backbone weights) sits in ``checkpoint["callbacks"]``.
+EMA_STATE_KEY = "EMA"
 _MAX_LISTED = 5
 _UNSAFE = re.compile(r"Unsupported global|not an allowed global|unrecognized function|Unsupported class", re.IGNORECASE)
 
@@ -127,9 +133,49 @@ def _strip_compiled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace(_COMPILED_PREFIX, ""): v for k, v in state.items()}
 
 
-def _backbone_state(ckpt: dict[str, Any], use_ema: bool) -> tuple[dict[str, torch.Tensor], bool]:
-    from difflab.callbacks.ema import ema_state_from_checkpoint
+def ema_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The EMA backbone weights stored in a checkpoint dict, or None if it has none."""
+    state = checkpoint.get("callbacks", {}).get(EMA_STATE_KEY)
+    return state.get("state_dict") if state else None
 
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
+
+
+#: The config values that define a model: a checkpoint resumes only into the same ones.
+MODEL_KEYS = ("backbone", "schedule", "objective.target")
+
+
+def check_same_model(ckpt: dict[str, Any], cfg: Any, source: str) -> None:
+    """A CheckpointError naming the config values that differ between the checkpoint's stored
+    config and this run's, for the values that define the model (:data:`MODEL_KEYS`)."""
+    stored = checkpoint_config(ckpt, source)
+    current = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    diffs = []
+    for key in MODEL_KEYS:
+        head, _, tail = key.partition(".")
+        a, b = stored.get(head, {}), current.get(head, {})
+        if tail:
+            a, b = {tail: (a or {}).get(tail)}, {tail: (b or {}).get(tail)}
+        fa, fb = _flat(a, head), _flat(b, head)
+        for k in sorted(set(fa) | set(fb)):
+            if fa.get(k) != fb.get(k):
+                diffs.append(f"{k}={fb.get(k)!r} here, {fa.get(k)!r} in the checkpoint")
+    if diffs:
+        more = f" and {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else ""
+        raise CheckpointError(
+            f"{source} holds another model than this run configures: {'; '.join(diffs[:_MAX_LISTED])}{more}. "
+            "Resume with the checkpoint's values, or start a new run dir"
+        )
+
+
+def _backbone_state(ckpt: dict[str, Any], use_ema: bool) -> tuple[dict[str, torch.Tensor], bool]:
     if use_ema:
         ema = ema_state_from_checkpoint(ckpt)
         if ema:
@@ -161,16 +207,13 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state)
 
 
-def _build_parts(config: dict[str, Any], source: str) -> tuple[GaussianDiffusion, DiffusionObjective, Sampler, nn.Module]:
-    from difflab.train import _instantiate, build_core
+def _build_parts(config: dict[str, Any], source: str, betas: torch.Tensor | None = None) -> tuple[GaussianDiffusion, DiffusionObjective, Sampler, nn.Module]:
+    from difflab.build import build_core, instantiate
 
     cfg = OmegaConf.create({k: config[k] for k in ("schedule", "objective", "sampler", "backbone")})
-    # checkpoints written before the prediction type left the sampler config hold a copy of
-    # objective.target there; the objective is its one home now
-    cfg.sampler.pop("prediction_type", None)
     try:
-        process, objective, sampler = build_core(cfg)
-        backbone = _instantiate(cfg.backbone, "backbone")
+        process, objective, sampler = build_core(cfg, betas=betas, strict=False)
+        backbone = instantiate(cfg.backbone, "backbone")
     except DifflabError as e:
         raise CheckpointError(f"{source}: its stored config no longer builds: {e}") from None
     return process, objective, sampler, backbone
@@ -196,7 +239,8 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, sour
     on the CPU.
     """
     config = checkpoint_config(ckpt, source)
-    process, objective, sampler, backbone = _build_parts(config, source)
+    betas = (ckpt.get("state_dict") or {}).get("process.betas")  # the schedule it was trained with
+    process, objective, sampler, backbone = _build_parts(config, source, betas)
     state, used_ema = _backbone_state(ckpt, use_ema)
     if not state:
         raise CheckpointError(f"{source} holds no backbone weights (no EMA state and no backbone.* in state_dict)")
@@ -322,3 +366,79 @@ def model_from_safetensors(path: str | Path) -> LoadedModel:
     model = build_model_from_checkpoint(ckpt, use_ema=False, source=f"exported weights {path}")
     model.used_ema = meta["use_ema"]
     return model
+
+
+# --------------------------------------------------------------------------- fine-tuning
+@dataclass
+class InitFrom:
+    """What :func:`init_weights_from` loaded."""
+
+    path: str
+    #: tensors loaded into the raw backbone
+    num_tensors: int
+    #: True when the file held EMA weights, which the EMA callback then starts from
+    ema: bool
+    #: the step the source run had reached (not carried over: the new run starts at 0)
+    source_step: int | None
+
+
+def _config_diffs(stored: Any, current: Any, prefix: str) -> list[str]:
+    fa, fb = _flat_values(stored, prefix), _flat_values(current, prefix)
+    return [f"{k}={fb.get(k)!r} here, {fa.get(k)!r} in the file" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+
+
+def _flat_values(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat_values(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: list(node) if isinstance(node, tuple) else node}
+
+
+def init_weights_from(module: nn.Module, path: str | Path) -> InitFrom:
+    """Load the raw and EMA backbone weights of a difflab checkpoint into ``module`` (fine-tuning).
+
+    Unlike resuming (``ckpt_path``), nothing else is taken over: the step count, the optimizer
+    and LR-scheduler state and the EMA update count start afresh. The raw weights go into
+    ``module.backbone``; the EMA weights (when the file has them) are kept in
+    ``module.initial_ema_state``, from which the EMA callback starts instead of copying the
+    raw weights. ``path`` is a ``.ckpt`` written by train.py or a ``.safetensors`` file written
+    by :func:`export_safetensors` (one set of weights: raw and EMA start from it).
+
+    Refused with a one-line :class:`CheckpointError`: a missing, unreadable or unsafe file, one
+    without a difflab config, a backbone config that differs from this run's (the keys are
+    named), and weights that do not fit the backbone.
+    """
+    path = Path(path).expanduser()
+    source = f"init_from={path}"
+    try:
+        if path.suffix == ".safetensors":
+            raw, meta = load_safetensors(path)
+            config, ema, step = meta["config"], None, meta["global_step"]
+        else:
+            ckpt = load_checkpoint(path)
+            config = checkpoint_config(ckpt, source)
+            raw = {k[len(BACKBONE_PREFIX) :]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith(BACKBONE_PREFIX)}
+            ema, step = ema_state_from_checkpoint(ckpt), ckpt.get("global_step")
+    except CheckpointError as e:
+        raise CheckpointError(f"init_from: {e}") from None
+    if not raw:
+        raise CheckpointError(f"{source} holds no backbone weights (no backbone.* in its state_dict); give a checkpoint of a difflab run")
+    here = ((getattr(module, "hparams", None) or {}).get("config") or {}).get("backbone")
+    if here and config.get("backbone") is not None:
+        diffs = _config_diffs(config["backbone"], here, "backbone")
+        if diffs:
+            more = f" and {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else ""
+            raise CheckpointError(
+                f"{source} holds another backbone than this run configures: {'; '.join(diffs[:_MAX_LISTED])}{more}. "
+                "Fine-tuning needs the same backbone: set those backbone values to the file's"
+            )
+    fix = "init_from needs a checkpoint of the backbone this run configures"
+    initial_ema = None
+    if ema:  # check the EMA weights against the backbone by loading them first, then keep a copy
+        load_state_into(module.backbone, _strip_compiled(ema), f"{source} (EMA weights)", fix)
+        initial_ema = {k: v.detach().clone() for k, v in module.backbone.state_dict().items()}
+    load_state_into(module.backbone, _strip_compiled(raw), source, fix)
+    module.initial_ema_state = initial_ema
+    return InitFrom(path=str(path), num_tensors=len(raw), ema=initial_ema is not None, source_step=step)

@@ -1,0 +1,207 @@
+"""Every "config -> object" function: core, module, data, callbacks, loggers, trainer.
+
+train.py, sample.py, checkpoint loading, the benchmarks and the tests build through here, so
+an object is made one way, and a bad value fails in one line naming its config key:
+
+    process, objective, sampler = build_core(cfg)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule.image_shape)
+    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from difflab.errors import ConfigError, DifflabError
+from difflab.module import DiffusionModule
+from difflab.utils.logging import get_logger
+from difflab.utils.validation import key_message
+
+log = get_logger(__name__)
+
+__all__ = [
+    "build_callbacks",
+    "build_core",
+    "build_datamodule",
+    "build_loggers",
+    "build_module",
+    "build_sampler",
+    "build_trainer",
+    "check_backbone",
+    "instantiate",
+]
+
+
+def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with the config key named in the error (one line)."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except hydra.errors.InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, (ValueError, TypeError, DifflabError)):
+            raise ConfigError(key_message(key, cause, node)) from None
+        raise
+
+
+def build_sampler(node: Any, num_timesteps: int, key: str = "sampler") -> Any:
+    """A sampler from its config node, checked against T (a bad num_steps fails now)."""
+    if isinstance(node, (dict, DictConfig)):
+        node = OmegaConf.create(node) if isinstance(node, dict) else node
+        if "prediction_type" in node:  # configs written before it left the sampler group
+            node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node).items() if k != "prediction_type"})
+    sampler = instantiate(node, key)
+    try:
+        sampler.timesteps(num_timesteps)
+    except ValueError as e:
+        raise ConfigError(f"{key_message(key, e, node)} (schedule.num_timesteps={num_timesteps})") from None
+    return sampler
+
+
+def build_core(cfg: DictConfig, betas: torch.Tensor | None = None, strict: bool = True):
+    """(process, objective, sampler) from ``cfg.schedule``, ``cfg.objective``, ``cfg.sampler``.
+
+    ``betas`` (a checkpoint's) build the process instead of the schedule config: a model samples
+    with the schedule it was trained with, whatever later code makes of its config. A schedule
+    config that gives other betas is reported in one line (an error when ``strict``, else a
+    warning: the stored config of an old checkpoint under changed schedule code).
+    """
+    process = instantiate(cfg.schedule, "schedule")
+    if betas is not None:
+        from difflab.diffusion.process import GaussianDiffusion
+
+        stored = torch.as_tensor(betas, dtype=torch.float64)
+        if stored.shape != process.betas.shape or not torch.allclose(stored, process.betas.double(), rtol=1e-12, atol=0):
+            message = (
+                f"schedule: the config ({OmegaConf.to_container(cfg.schedule)}) gives other betas than the "
+                f"checkpoint stores (T={stored.numel()}); the model samples with the stored ones"
+            )
+            if strict:
+                raise ConfigError(f"{message}: drop the schedule override")
+            log.warning(message)
+        process = GaussianDiffusion(stored)
+    objective = instantiate(cfg.objective, "objective")
+    sampler = build_sampler(cfg.sampler, process.num_timesteps)
+    if float(process.alphas_cumprod[-1]) == 0.0 and objective.target == "eps":
+        raise ConfigError(
+            "schedule.zero_terminal_snr=true needs objective=v or objective=x0: with eps-prediction x0 is "
+            "undefined at the last timestep (Lin et al. 2023, sec. 3.2)"
+        )
+    return process, objective, sampler
+
+
+def check_backbone(backbone: torch.nn.Module, image_shape: tuple[int, ...], key: str = "backbone") -> None:
+    """Call the backbone once on a dummy batch of the data's shape: mismatches stop the run now."""
+    x = torch.zeros(2, *image_shape)
+    t = torch.zeros(2, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            out = backbone(x, t)
+    except (ValueError, RuntimeError, IndexError) as e:
+        if len(image_shape) == 1:
+            fix = "2-D (point) data need backbone=mlp"
+        elif hasattr(backbone, "image_size") or hasattr(backbone, "in_channels"):
+            fix = "set the backbone's in_channels / image_size to the data's, or change data.image_size / data.channels"
+        else:
+            fix = "this backbone does not take images: use backbone=unet or backbone=diffusers_unet"
+        raise ConfigError(f"{key} cannot take data of shape {tuple(image_shape)}: {e}. {fix}") from None
+    if out.shape != x.shape:
+        raise ConfigError(f"{key} maps {tuple(x.shape)} to {tuple(out.shape)}; it must keep the shape")
+
+
+def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dict | None = None) -> DiffusionModule:
+    """The DiffusionModule; the optimizer is built once here, so a bad optimizer argument
+    fails before any logger starts."""
+    process, objective, sampler = build_core(cfg)
+    backbone = instantiate(cfg.backbone, "backbone")
+    check_backbone(backbone, image_shape)
+    optimizer = instantiate(cfg.optimizer, "optimizer")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr}")
+    try:
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(key_message("optimizer", e, cfg.optimizer)) from None
+    module = DiffusionModule(
+        backbone=backbone,
+        process=process,
+        objective=objective,
+        sampler=sampler,
+        optimizer=optimizer,
+        lr_warmup_steps=cfg.lr_warmup_steps,
+        seed=cfg.seed,
+        val_seed=cfg.val_seed,
+        max_consecutive_nonfinite=cfg.max_consecutive_nonfinite,
+        channels_last=cfg.channels_last,
+        image_shape=image_shape,
+        config=config_dict,
+    )
+    if cfg.get("compile"):
+        # in place: the state-dict keys stay those of the plain backbone, so checkpoints of
+        # compiled and plain runs load into each other
+        module.backbone.compile()
+    return module
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The data module, with its data read and checked (a missing folder, a corrupt image,
+    an offline download fail here, before any logger starts)."""
+    dm = instantiate(cfg.data, "data")
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return dm  # other ranks set up after rank 0's prepare_data, inside fit
+    try:
+        dm.prepare_data()
+        dm.setup("fit")
+    except DifflabError:
+        raise
+    except (ValueError, OSError, RuntimeError) as e:
+        raise ConfigError(f"data: {' '.join(str(e).split())}") from None
+    return dm
+
+
+def _group(node: DictConfig | None, key: str) -> list[Any]:
+    out = []
+    for name, sub in (node or {}).items():
+        if isinstance(sub, DictConfig) and "_target_" in sub:
+            out.append(instantiate(sub, f"{key}.{name}"))
+    return out
+
+
+def build_callbacks(cfg: DictConfig) -> list[Any]:
+    callbacks = _group(cfg.get("callbacks"), "callbacks")
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return _group(cfg.get("logger"), "logger")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> L.Trainer:
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError("no CUDA device found; use trainer=cpu or trainer=default")
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    _share_cpu_threads(trainer)
+    return trainer
+
+
+def _share_cpu_threads(trainer: L.Trainer) -> None:
+    """Several CPU processes of one run (DDP on CPU) split the cores instead of each taking all:
+    oversubscribed OpenMP threads make small ops hundreds of times slower."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
