@@ -1,17 +1,54 @@
-"""The contract every registered sampler keeps: stateless steps, typed output, validated input."""
+"""The contract every registered sampler keeps (see difflab.samplers.base).
+
+Per-call state, an unchanged sampler object, NFE = model calls, typed output in the input's
+dtype, the last step returning the x_0 estimate, the metric key, validated options. The
+single-output ``step`` of DDPM and DDIM keeps its own checks here too.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, EulerDiscreteScheduler
 
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers import SAMPLERS, DDIMSampler, DDPMSampler, Sampler, StepOutput, threshold_sample
+from difflab.samplers import (
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    EulerAncestralSampler,
+    EulerSampler,
+    HeunSampler,
+    ModelFn,
+    Sampler,
+    SigmaSampler,
+    StepOutput,
+    UniPCSampler,
+    generate,
+    karras_sigmas,
+    sigma_to_t,
+    split_output,
+    t_to_sigma,
+    threshold_sample,
+    vp_sigmas,
+)
 
-# a stochastic configuration of every sampler
-CONFIGS = {"ddpm": {"num_steps": 25}, "ddim": {"num_steps": 25, "eta": 0.5}}
+# a stochastic configuration of every sampler (UniPC has none: it is deterministic)
+CONFIGS = {
+    "ddpm": {"num_steps": 25},
+    "ddim": {"num_steps": 25, "eta": 0.5},
+    "dpm_solver": {"num_steps": 25, "order": 3, "algorithm": "sde-dpmsolver++"},
+    "euler": {"num_steps": 25, "s_churn": 5.0},
+    "euler_ancestral": {"num_steps": 25},
+    "heun": {"num_steps": 25, "s_churn": 5.0, "use_karras_sigmas": True},
+    "unipc": {"num_steps": 25, "order": 3},
+}
+STOCHASTIC = set(CONFIGS) - {"unipc"}
+SINGLE_OUTPUT = ["ddpm", "ddim"]  # samplers with a stateless step(process, model_output, t, t_prev, x_t)
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +56,212 @@ def process() -> GaussianDiffusion:
     return GaussianDiffusion.from_schedule("cosine", 100)
 
 
+def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.tanh(x) + 0.2 * torch.cos(x + t.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) / 30)
+
+
 def test_registry() -> None:
-    assert SAMPLERS == {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+    assert set(SAMPLERS) == {"ddpm", "ddim", "dpm_solver", "euler", "euler_ancestral", "heun", "unipc"}
     assert set(CONFIGS) == set(SAMPLERS)
-    for cls in SAMPLERS.values():
-        assert issubclass(cls, Sampler)
+    for name, cls in SAMPLERS.items():
+        assert issubclass(cls, Sampler) and cls.name == name
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_timesteps(name: str, process) -> None:
-    ts = SAMPLERS[name](**CONFIGS[name]).timesteps(process.num_timesteps)
-    assert ts.dtype == torch.long and ts.shape == (25,)
-    assert bool((ts[1:] < ts[:-1]).all()) and ts.min() >= 0 and ts.max() < 100
+def test_grid(name: str, process) -> None:
+    sampler = SAMPLERS[name](**CONFIGS[name])
+    state = sampler.init_state(process, "eps")
+    ts, sigmas = state.timesteps, state.sigmas
+    assert ts.shape == (25,) and sigmas.shape == (26,) and sigmas.dtype == torch.float64
+    assert bool((ts[1:] < ts[:-1]).all()) and ts.min() >= 0 and ts.max() <= 99
+    assert bool((sigmas[1:] < sigmas[:-1]).all()) and sigmas[-1] == 0
+    # sigma and timestep agree: sigma_i is the noise level of timestep i
+    torch.testing.assert_close(t_to_sigma(ts.double(), vp_sigmas(process).log()), sigmas[:-1])
+    if getattr(sampler, "use_karras_sigmas", False):
+        assert ts.dtype == torch.float64
+    else:
+        assert ts.dtype == torch.long and torch.equal(ts, sampler.timesteps(100))
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_state_is_per_call_and_the_sampler_never_changes(name: str, process) -> None:
+    sampler = SAMPLERS[name](**CONFIGS[name])
+    before = copy.deepcopy(vars(sampler))
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    alone = []
+    for seed in (1, 2):
+        state, x, g = sampler.init_state(process, "v"), x_T.clone(), torch.Generator().manual_seed(seed)
+        for _ in range(state.num_steps):
+            x = sampler.advance(ModelFn(model), x, state, g).prev_sample
+        alone.append(x)
+    # two runs interleaved step by step with one sampler object give the same as run alone
+    states = [sampler.init_state(process, "v") for _ in range(2)]
+    xs, gs = [x_T.clone(), x_T.clone()], [torch.Generator().manual_seed(s) for s in (1, 2)]
+    for _ in range(states[0].num_steps):
+        for k in range(2):
+            xs[k] = sampler.advance(ModelFn(model), xs[k], states[k], gs[k]).prev_sample
+    for k in range(2):
+        assert torch.equal(xs[k], alone[k])
+    assert vars(sampler) == before
+    with pytest.raises(ValueError, match="create a new state per call"):
+        sampler.advance(ModelFn(model), xs[0], states[0], gs[0])
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        DDPMSampler(num_steps=7),
+        DDIMSampler(num_steps=7),
+        DPMSolverSampler(num_steps=7, order=3),
+        EulerSampler(num_steps=7, s_churn=2.0),
+        EulerAncestralSampler(num_steps=7, use_karras_sigmas=True),
+        HeunSampler(num_steps=7),
+        HeunSampler(num_steps=7, s_churn=2.0, use_karras_sigmas=True),
+        UniPCSampler(num_steps=7, order=3),
+    ],
+    ids=repr,
+)
+def test_nfe_counts_network_calls(sampler: Sampler, process) -> None:
+    calls = []
+
+    def counting(x, t):
+        calls.append(t)
+        return model(x, t)
+
+    _, traj = generate(
+        counting, process, sampler, (2, 3), torch.Generator().manual_seed(0), return_trajectory=True,
+        progress=False, prediction_type="eps",
+    )
+    assert len(calls) == traj.nfe == sampler.nfe(100)
+    assert sampler.nfe(100) == (13 if isinstance(sampler, HeunSampler) else 7)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "key"),
+    [
+        (DDPMSampler(), "ddpm1000"),
+        (DDPMSampler(num_steps=100), "ddpm100"),
+        (DDIMSampler(), "ddim50"),
+        (DDIMSampler(eta=1.0), "ddim50_eta1"),
+        (DDIMSampler(num_steps=20, eta=0.5), "ddim20_eta0.5"),
+        (DPMSolverSampler(num_steps=10), "dpmpp2m_nfe10"),
+        (DPMSolverSampler(num_steps=20, order=3, algorithm="sde-dpmsolver++", use_karras_sigmas=True), "dpmpp3m_sde_karras_nfe20"),
+        (DPMSolverSampler(num_steps=10, algorithm="dpmsolver", solver_type="heun"), "dpm2m_heun_nfe10"),
+        (DPMSolverSampler(num_steps=10, order=1, solver_type="heun"), "dpmpp1m_nfe10"),
+        (DPMSolverSampler(num_steps=10, lower_order_final=False, spacing="linspace"), "dpmpp2m_nolof_linspace_nfe10"),
+        (EulerSampler(num_steps=20), "euler_nfe20"),
+        (EulerSampler(num_steps=20, s_churn=40, s_tmin=0.05, s_tmax=50), "euler_churn40_tmin0.05_tmax50_nfe20"),
+        (EulerAncestralSampler(num_steps=20), "euler_a_nfe20"),
+        (EulerAncestralSampler(num_steps=20, eta=0.5, use_karras_sigmas=True, rho=5), "euler_a_karras_rho5_eta0.5_nfe20"),
+        (HeunSampler(num_steps=10, use_karras_sigmas=True), "heun_karras_nfe19"),
+        (HeunSampler(num_steps=18, spacing="leading", steps_offset=1), "heun_leading_offset1_nfe35"),
+        (UniPCSampler(num_steps=10), "unipc_nfe10"),
+        (UniPCSampler(num_steps=10, order=3, solver_type="bh1"), "unipc3_bh1_nfe10"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_key_part(sampler: Sampler, key: str) -> None:
+    assert sampler.key_part(1000) == key
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_last_step_returns_pred_x0(name: str, prediction_type: str, process) -> None:
+    sampler = SAMPLERS[name](**CONFIGS[name])
+    x, traj = generate(
+        model, process, sampler, (4, 2), torch.Generator().manual_seed(4), return_trajectory=True,
+        progress=False, prediction_type=prediction_type,
+    )
+    torch.testing.assert_close(x, traj.pred_x0[-1])
+    assert x.abs().max() <= 1.0 + 1e-6  # clip_sample defaults to True
+    assert len(traj.x_t) == 26 and len(traj.pred_x0) == 25
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("shape", [(3, 2), (2, 3, 4, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_output_keeps_shape_and_dtype(name: str, shape, dtype, process) -> None:
+    sampler = SAMPLERS[name](**CONFIGS[name])
+    state = sampler.init_state(process, "eps")
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        out = sampler.advance(ModelFn(model), x, state, g)
+        assert isinstance(out, StepOutput)
+        for tensor in (out.prev_sample, out.pred_x0):
+            assert tensor.shape == shape and tensor.dtype == dtype and torch.isfinite(tensor).all()
+        x = out.prev_sample
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_randomness_comes_from_the_generator(name: str, process) -> None:
+    sampler = SAMPLERS[name](**CONFIGS[name])
+
+    def run(seed: int) -> tuple[torch.Tensor, torch.Generator]:
+        g = torch.Generator().manual_seed(seed)
+        return generate(model, process, sampler, (3, 2), g, progress=False, prediction_type="eps"), g
+
+    (a, ga), (b, _) = run(0), run(0)
+    assert torch.equal(a, b)
+    c, _ = run(1)
+    assert not torch.equal(a, c)
+    # deterministic samplers draw x_T and nothing else; stochastic ones draw more
+    reference = torch.Generator().manual_seed(0)
+    torch.randn(3, 2, generator=reference)
+    assert torch.equal(ga.get_state(), reference.get_state()) == (name not in STOCHASTIC)
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC))
+def test_stochastic_steps_need_a_generator(name: str, process) -> None:
+    sampler = SAMPLERS[name](**CONFIGS[name])
+    state = sampler.init_state(process, "eps")
+    with pytest.raises(ValueError, match="generator"):
+        sampler.advance(ModelFn(model), torch.zeros(2, 3), state, None)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_clip_range(name: str, process) -> None:
+    x = torch.full((2, 3), 3.0)
+    for kwargs, expected in (({"clip_range": 0.5}, torch.full((2, 3), 0.5)), ({"clip_sample": False}, x)):
+        sampler = SAMPLERS[name](**CONFIGS[name], **kwargs)
+        state = sampler.init_state(process, "x0")
+        out = sampler.advance(ModelFn(lambda x, t: torch.full_like(x, 3.0)), x, state, torch.Generator())
+        assert torch.equal(out.pred_x0, expected)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"spacing": "even"}, r"'even'.*\['linspace', 'leading', 'trailing'\]"),
+        ({"num_steps": 0}, "num_steps.*0"),
+        ({"clip_range": 0.0}, "clip_range.*0.0"),
+        ({"dynamic_thresholding_ratio": 1.5}, r"dynamic_thresholding_ratio.*\(0, 1\].*1.5"),
+        ({"sample_max_value": 0.5}, "sample_max_value.*0.5"),
+        ({"steps_offset": -1}, "steps_offset.*-1"),
+    ],
+)
+def test_bad_options(name: str, kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SAMPLERS[name](**kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_bad_prediction_type(name: str, process) -> None:
+    with pytest.raises(ValueError, match=r"'epsilon'.*\['eps', 'x0', 'v'\]"):
+        SAMPLERS[name](**CONFIGS[name]).init_state(process, "epsilon")
+
+
+def test_karras_timesteps_need_the_process() -> None:
+    with pytest.raises(ValueError, match="Karras sigmas depend on the noise schedule"):
+        EulerSampler(use_karras_sigmas=True).timesteps(1000)
+    assert EulerSampler(num_steps=2000, use_karras_sigmas=True).nfe(1000) == 2000
+    with pytest.raises(ValueError, match=r"num_steps.*\[1, num_train_timesteps=1000\].*2000"):
+        EulerSampler(num_steps=2000).nfe(1000)
+
+
+# ---------------------------------------------------------------- the single-output step (DDPM, DDIM)
+@pytest.mark.parametrize("name", SINGLE_OUTPUT)
 @pytest.mark.parametrize("shape", [(3, 2), (2, 3, 4, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_step_output_and_statelessness(name: str, shape, dtype, process) -> None:
@@ -54,9 +282,9 @@ def test_step_output_and_statelessness(name: str, shape, dtype, process) -> None
     assert not torch.equal(a.prev_sample, c.prev_sample)  # stochastic configs use the generator
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", SINGLE_OUTPUT)
 @pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
-def test_last_step_returns_pred_x0(name: str, prediction_type: str, process) -> None:
+def test_single_output_last_step_returns_pred_x0(name: str, prediction_type: str, process) -> None:
     sampler = SAMPLERS[name](**CONFIGS[name])
     g = torch.Generator().manual_seed(4)
     x_t = torch.randn(4, 2, generator=g)
@@ -68,8 +296,8 @@ def test_last_step_returns_pred_x0(name: str, prediction_type: str, process) -> 
     assert res.pred_x0.abs().max() <= 1.0  # clip_sample defaults to True
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_clip_range(name: str, process) -> None:
+@pytest.mark.parametrize("name", SINGLE_OUTPUT)
+def test_single_output_clip_range(name: str, process) -> None:
     sampler = SAMPLERS[name](**CONFIGS[name], clip_range=0.5)
     x = torch.full((2, 3), 3.0)
     res = sampler.step(process, x, 50, 40, x, torch.Generator(), prediction_type="x0")
@@ -78,7 +306,7 @@ def test_clip_range(name: str, process) -> None:
     assert torch.equal(free.step(process, x, 50, 40, x, torch.Generator(), prediction_type="x0").pred_x0, x)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", SINGLE_OUTPUT)
 def test_bad_step_arguments(name: str, process) -> None:
     sampler = SAMPLERS[name](**CONFIGS[name])
     x = torch.zeros(2, 3)
@@ -99,22 +327,51 @@ def test_bad_step_arguments(name: str, process) -> None:
         sampler.step(process, x, 50, 40, x, noise=torch.zeros(1, 3), prediction_type="eps")
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"spacing": "even"}, r"'even'.*\['linspace', 'leading', 'trailing'\]"),
-        ({"num_steps": 0}, "num_steps.*0"),
-        ({"clip_range": 0.0}, "clip_range.*0.0"),
-        ({"dynamic_thresholding_ratio": 1.5}, r"dynamic_thresholding_ratio.*\(0, 1\].*1.5"),
-        ({"sample_max_value": 0.5}, "sample_max_value.*0.5"),
-    ],
-)
-def test_bad_options(name: str, kwargs, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        SAMPLERS[name](**kwargs)
+def test_multi_call_samplers_have_no_single_output_step(process) -> None:
+    x = torch.zeros(2, 3)
+    with pytest.raises(NotImplementedError, match="advance"):
+        HeunSampler().step(process, x, 50, 40, x, prediction_type="eps")
 
 
+# ---------------------------------------------------------------- sigma helpers
+def test_split_output_matches_process(process) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    out = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    for t in (0, 37, 99):
+        ab = float(process.alphas_cumprod[t])
+        for prediction_type in ("eps", "x0", "v"):
+            ours = split_output(out, x, ab**0.5, (1 - ab) ** 0.5, prediction_type)
+            ref = process.split_prediction(out, x, torch.full((4,), t), prediction_type)
+            for a, b in zip(ours, ref):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_sigma_to_t_matches_diffusers_and_inverts() -> None:
+    process = GaussianDiffusion.from_schedule("linear", 1000)
+    log_sigmas = vp_sigmas(process).log()
+    sched = EulerDiscreteScheduler()
+    sigmas = karras_sigmas(float(log_sigmas[0].exp()), float(log_sigmas[-1].exp()), 17)
+    ref = torch.from_numpy(np.array([sched._sigma_to_t(s, log_sigmas.numpy()) for s in sigmas.numpy()]))
+    ours = sigma_to_t(sigmas, log_sigmas)
+    torch.testing.assert_close(ours, ref.double(), rtol=0, atol=1e-9)
+    assert float(ours[0]) == pytest.approx(999, abs=1e-9) and float(ours[-1]) == pytest.approx(0, abs=1e-9)
+    torch.testing.assert_close(t_to_sigma(ours, log_sigmas), sigmas, rtol=1e-12, atol=0)
+    assert torch.equal(sigma_to_t(log_sigmas[[5, 500]].exp(), log_sigmas), torch.tensor([5.0, 500.0], dtype=torch.float64))
+    # Karras et al. 2022 eq. 5 end points and rho
+    assert karras_sigmas(0.002, 80.0, 5).tolist()[0] == pytest.approx(80.0)
+    assert karras_sigmas(0.002, 80.0, 5).tolist()[-1] == pytest.approx(0.002)
+    torch.testing.assert_close(karras_sigmas(1.0, 16.0, 3, rho=1.0), torch.tensor([16.0, 8.5, 1.0], dtype=torch.float64))
+
+
+def test_zero_terminal_snr_sigma_is_finite() -> None:
+    process = GaussianDiffusion.from_schedule("linear", 1000, zero_terminal_snr=True)
+    sigmas = vp_sigmas(process)
+    assert torch.isfinite(sigmas).all() and sigmas[-1] == pytest.approx(4096.0, rel=1e-6)  # alpha-bar 2**-24
+    assert isinstance(EulerSampler(), SigmaSampler)
+
+
+# ---------------------------------------------------------------- x_0 post-processing
 def test_threshold_sample_matches_diffusers() -> None:
     sched = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.8, sample_max_value=2.0)
     x = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * torch.tensor(

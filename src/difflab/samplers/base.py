@@ -1,15 +1,39 @@
-"""What every sampler shares: timestep grids, the step contract and x_0 post-processing.
+"""What every sampler shares: timestep grids, the sampling contract and x_0 post-processing.
 
-A sampler is stateless: ``timesteps(T)`` returns the descending grid and ``step`` maps x_t to
-x_{t_prev} for an explicit pair ``(t, t_prev)`` (``t_prev = -1`` for the last step). Nothing
-has to be primed before use. The one denoising loop lives in :mod:`difflab.samplers.loop`.
+The contract (one for every sampler; the loop in :mod:`difflab.samplers.loop` is its only caller):
+
+- a sampler object holds validated options only; it is shared across calls, threads and DDP
+  ranks and never changes while sampling;
+- ``state = sampler.init_state(process, prediction_type)`` creates the per-call
+  :class:`SamplerState`: the grid of the run (model timesteps, ``long`` for a spaced grid or
+  ``float64`` for continuous noise levels such as Karras sigmas, and the noise levels
+  sigma = sqrt((1 - alpha-bar) / alpha-bar) ending at 0), the step index and the history of
+  multistep methods;
+- ``sampler.advance(model, x, state, generator)`` takes step ``state.index`` from x (always in
+  the variance-preserving scale of the process, x = sqrt(alpha-bar) x_0 + sqrt(1 - alpha-bar)
+  eps) and returns :class:`StepOutput`; ``model`` is a :class:`ModelFn` that the step may call
+  more than once (Heun), with an integer or a fractional timestep;
+- ``sampler.nfe(T)``: network evaluations per sample; ``sampler.key_part(T)``: the sampler's
+  part of every metric key (scheme below).
+
+Samplers whose step needs one model output at t and nothing else (DDPM, DDIM) implement the
+stateless ``step(process, model_output, t, t_prev, x_t, ...)`` for an explicit pair
+``(t, t_prev)`` (``t_prev = -1`` for the last step); the base ``advance`` calls it.
+
+Metric-key scheme (:meth:`Sampler.key_part`): the two samplers of the first tables keep their
+step-count names, ``ddpm<steps>`` and ``ddim<steps>[_eta<eta>]`` (``ddpm1000``, ``ddim50``,
+``ddim50_eta1``); every other sampler writes ``<variant>_nfe<NFE>``, where the variant names the
+method and each result-changing option that is not at its default, in a fixed order
+(``dpmpp2m_nfe10``, ``dpmpp3m_sde_karras_nfe20``, ``heun_karras_nfe19``, ``euler_a_nfe20``,
+``unipc_nfe10``). NFE counts network evaluations, not steps (Heun: 2 per step but the last).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Union
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Union
 
 import numpy as np
 import torch
@@ -18,9 +42,19 @@ from torch import Tensor
 from difflab.diffusion.process import PREDICTION_TYPES, GaussianDiffusion
 
 __all__ = [
+    "MIN_ALPHA_BAR",
     "SPACINGS",
+    "ModelFn",
     "Sampler",
+    "SamplerState",
+    "SigmaSampler",
     "StepOutput",
+    "karras_sigmas",
+    "sigma_to_t",
+    "split_output",
+    "t_to_sigma",
+    "vp_coefficients",
+    "vp_sigmas",
     "Generators",
     "check_prediction_type",
     "is_generator",
@@ -165,17 +199,179 @@ def check_prediction_type(prediction_type: str) -> str:
     return prediction_type
 
 
-class Sampler:
-    """Base class of the samplers: validated options, the timestep grid, x_0 post-processing.
+# ------------------------------------------------------------------ noise levels (sigma)
+#: The floor of alpha-bar when sigmas are taken: with zero terminal SNR alpha-bar_{T-1} = 0 and
+#: sigma would be infinite; diffusers' ``rescale_betas_zero_snr`` uses the same 2**-24.
+MIN_ALPHA_BAR = 2.0**-24
 
-    Subclasses implement :meth:`step`. What the model outputs (``eps | x0 | v``) is not a
-    sampler option: it belongs to the trained model (its objective), and the loop passes it to
-    every ``step`` as ``prediction_type``; conversions go through
-    :meth:`GaussianDiffusion.split_prediction`.
+
+def vp_sigmas(process: GaussianDiffusion) -> Tensor:
+    """sigma_t = sqrt((1 - alpha-bar_t) / alpha-bar_t) for t = 0..T-1, float64 on the CPU.
+
+    The variance-exploding noise level of the process (Karras et al. 2022, arXiv:2206.00364,
+    Table 1, "VP" column): x_t / sqrt(alpha-bar_t) = x_0 + sigma_t eps. Increasing in t.
+    """
+    ab = process.alphas_cumprod.detach().to("cpu", torch.float64).clamp(min=MIN_ALPHA_BAR)
+    return ((1.0 - ab) / ab).sqrt()
+
+
+def vp_coefficients(sigma: float) -> tuple[float, float]:
+    """(alpha, sigma_vp) = (1 / sqrt(1 + sigma^2), sigma / sqrt(1 + sigma^2)) of a VE noise level.
+
+    x_vp = alpha x_0 + sigma_vp eps is the variance-preserving sample at that level
+    (alpha^2 = alpha-bar); sigma = 0 gives (1, 0).
+    """
+    alpha = 1.0 / math.sqrt(sigma * sigma + 1.0)
+    return alpha, sigma * alpha
+
+
+def sigma_to_t(sigma: Tensor, log_sigmas: Tensor) -> Tensor:
+    """The fractional timestep of each noise level: log-sigma interpolated between training steps.
+
+    ``log_sigmas`` (T,) is log :func:`vp_sigmas`; levels outside the table are clamped to its ends.
+    The same map as diffusers' ``_sigma_to_t`` (and k-diffusion's ``DiscreteSchedule.sigma_to_t``),
+    in float64.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    log_sigmas = log_sigmas.to(torch.float64)
+    T = log_sigmas.numel()
+    if T < 2:
+        return torch.zeros_like(sigma)
+    log_sigma = sigma.clamp(min=1e-10).log()
+    low = ((log_sigmas[None, :] <= log_sigma.reshape(-1, 1)).sum(1) - 1).clamp(0, T - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = ((lo - log_sigma.reshape(-1)) / (lo - hi)).clamp(0, 1)
+    return ((1 - w) * low + w * (low + 1)).reshape(sigma.shape)
+
+
+def t_to_sigma(t: Tensor, log_sigmas: Tensor) -> Tensor:
+    """Inverse of :func:`sigma_to_t` on [0, T - 1]: log-linear interpolation of the sigma table."""
+    t = torch.as_tensor(t, dtype=torch.float64).clamp(0, log_sigmas.numel() - 1)
+    log_sigmas = log_sigmas.to(torch.float64)
+    if log_sigmas.numel() < 2:
+        return log_sigmas.exp().expand_as(t).clone()
+    low = t.floor().long().clamp(max=log_sigmas.numel() - 2)
+    w = t - low
+    return ((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]).exp()
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> Tensor:
+    """Noise levels of Karras et al. 2022 (arXiv:2206.00364), eq. 5, float64, descending.
+
+    sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    i = 0..N-1 (the final sigma_N = 0 is appended by the sampler). rho = 7 is the paper's.
+    """
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def split_output(
+    model_output: Tensor, x: Tensor, alpha: float, sigma: float, prediction_type: str
+) -> tuple[Tensor, Tensor]:
+    """(x_0, eps) from a model output at x = alpha x_0 + sigma eps (the VP coefficients of any level).
+
+    The coefficient form of :meth:`GaussianDiffusion.split_prediction`, for noise levels between
+    training steps (fractional timesteps, Karras sigmas): eps: x_0 = (x - sigma eps) / alpha;
+    x0: eps = (x - alpha x_0) / sigma; v (Salimans & Ho 2022, arXiv:2202.00512, appendix D):
+    x_0 = alpha x - sigma v, eps = sigma x + alpha v.
+    """
+    if prediction_type == "eps":
+        return (x - sigma * model_output) / alpha, model_output
+    if prediction_type == "x0":
+        return model_output, (x - alpha * model_output) / sigma
+    if prediction_type == "v":
+        return alpha * x - sigma * model_output, sigma * x + alpha * model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+
+
+# ------------------------------------------------------------------ the model and per-call state
+class ModelFn:
+    """The model as samplers see it: ``model_fn(x, t)`` -> the raw output (``eps | x0 | v``).
+
+    Built once per sampling call by the loop from the network (and the class labels ``y``):
+    ``x`` is the variance-preserving input, ``t`` a Python ``int`` (a training timestep, passed
+    to the network as a LongTensor (B,)) or ``float`` (a fractional timestep between training
+    steps, passed in x's dtype). A step may call it more than once; ``calls`` counts the
+    network evaluations (NFE) of the run.
+
+    Classifier-free guidance belongs here, once for every sampler: evaluate the conditional and
+    the unconditional output and return their guided combination (it then counts as one
+    evaluation of the guided model).
+    """
+
+    def __init__(self, model: Callable[..., Tensor], y: Tensor | None = None) -> None:
+        self.model = model
+        self.y = y
+        self.calls = 0
+
+    def __call__(self, x: Tensor, t: int | float) -> Tensor:
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+            t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+        else:
+            t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        self.calls += 1
+        return self.model(x, t_batch) if self.y is None else self.model(x, t_batch, self.y)
+
+
+@dataclass
+class SamplerState:
+    """The per-call state of one sampling run, created by :meth:`Sampler.init_state` in the loop.
+
+    - ``timesteps``: (S,) descending model timesteps, LongTensor (a spaced grid) or float64
+      (fractional, e.g. under Karras sigmas);
+    - ``sigmas``: (S + 1,) float64 noise levels sqrt((1 - alpha-bar) / alpha-bar) of the grid,
+      the last one 0 (the clean sample);
+    - ``index``: the step to take next (0..S-1), advanced by :meth:`Sampler.advance`;
+    - ``history``, ``memory``: what multistep methods remember between steps (past model
+      outputs, the last sample...), never kept on the sampler;
+    - ``log_sigmas``: log sigma of every training step, to place noise levels off the grid.
+    """
+
+    process: GaussianDiffusion
+    prediction_type: str
+    timesteps: Tensor
+    sigmas: Tensor
+    index: int = 0
+    history: list[Any] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    log_sigmas: Tensor | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.numel())
+
+    def t(self, i: int) -> int | float:
+        """Timestep ``i`` of the grid as a Python int (spaced grid) or float (fractional)."""
+        value = self.timesteps[i].item()
+        return int(value) if not self.timesteps.dtype.is_floating_point else float(value)
+
+    def sigma(self, i: int) -> float:
+        return float(self.sigmas[i])
+
+    def t_of_sigma(self, sigma: float) -> float:
+        """The fractional model timestep of a noise level off the grid (e.g. EDM's churned sigma-hat)."""
+        if self.log_sigmas is None:
+            self.log_sigmas = vp_sigmas(self.process).log()
+        return float(sigma_to_t(torch.tensor(sigma, dtype=torch.float64), self.log_sigmas))
+
+
+class Sampler:
+    """Base class of the samplers: validated options, the grid, the step contract, x_0 post-processing.
+
+    Subclasses implement :meth:`step` (one model output at t, nothing remembered: DDPM, DDIM)
+    or override :meth:`advance` (several calls or a history: Heun, DPM-Solver, UniPC). What
+    the model outputs (``eps | x0 | v``) is not a sampler option: it belongs to the trained
+    model (its objective), and the loop passes it to :meth:`init_state` as ``prediction_type``;
+    conversions go through :meth:`GaussianDiffusion.split_prediction` (or
+    :func:`split_output` between training steps).
     With a zero-terminal-SNR process the first ``trailing`` step is at alpha-bar = 0, where an
     eps-prediction defines no x_0 (the step returns non-finite values): use ``v`` or ``x0``
     there (Lin et al. 2023, arXiv:2305.08891, sec. 3.2).
     """
+
+    #: The sampler's option name in the ``sampler`` config group (and its registry key).
+    name: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -215,18 +411,59 @@ class Sampler:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
 
-    def nfe(self, num_train_timesteps: int) -> int:
-        """Network evaluations per sample (one per step here; multi-call steps override this)."""
+    def steps(self, num_train_timesteps: int) -> int:
+        """The number of steps S of a run with T = ``num_train_timesteps``; validates ``num_steps`` against T.
+
+        Use it (or :meth:`nfe`) to check a sampler against T: ``timesteps(T)`` alone cannot
+        place Karras sigmas, which depend on the noise schedule.
+        """
         return int(self.timesteps(num_train_timesteps).numel())
 
+    def nfe(self, num_train_timesteps: int) -> int:
+        """Network evaluations per sample: one per step here (Heun overrides it). Validates num_steps."""
+        return self.steps(num_train_timesteps)
+
     def key_part(self, num_train_timesteps: int) -> str:
-        """The sampler's part of a metric key: its name and NFE, e.g. ``ddpm1000``, ``ddim50``."""
-        return f"{type(self).__name__.removesuffix('Sampler').lower()}{self.nfe(num_train_timesteps)}"
+        """The sampler's part of a metric key (scheme in the module docstring), e.g. ``ddpm1000``."""
+        return f"{self.name}{self.nfe(num_train_timesteps)}"
 
     def timesteps(self, num_train_timesteps: int) -> Tensor:
         """Descending LongTensor of the timesteps this sampler visits (``num_steps`` None = all T)."""
         num_steps = num_train_timesteps if self.num_steps is None else self.num_steps
         return make_timesteps(num_train_timesteps, num_steps, self.spacing, self.steps_offset)
+
+    def grid(self, process: GaussianDiffusion) -> tuple[Tensor, Tensor]:
+        """(timesteps (S,), sigmas (S + 1,)) of a run on ``process``: see :class:`SamplerState`."""
+        timesteps = self.timesteps(process.num_timesteps)
+        sigmas = vp_sigmas(process)[timesteps]
+        return timesteps, torch.cat([sigmas, sigmas.new_zeros(1)])
+
+    def init_state(self, process: GaussianDiffusion, prediction_type: str) -> SamplerState:
+        """A fresh :class:`SamplerState` for one sampling run (the loop calls this once per call)."""
+        check_prediction_type(prediction_type)
+        timesteps, sigmas = self.grid(process)
+        return SamplerState(process=process, prediction_type=prediction_type, timesteps=timesteps, sigmas=sigmas)
+
+    def advance(
+        self,
+        model: Callable[[Tensor, int | float], Tensor],
+        x: Tensor,
+        state: SamplerState,
+        generator: Generators | None = None,
+        *,
+        noise: Tensor | None = None,
+    ) -> StepOutput:
+        """Take step ``state.index`` from ``x`` (one model call, then :meth:`step`) and advance the index."""
+        i = state.index
+        if not 0 <= i < state.num_steps:
+            raise ValueError(f"state.index must lie in [0, {state.num_steps - 1}], got {i}; create a new state per call")
+        t = state.t(i)
+        t_prev = state.t(i + 1) if i + 1 < state.num_steps else -1
+        out = self.step(
+            state.process, model(x, t), t, t_prev, x, generator, prediction_type=state.prediction_type, noise=noise
+        )
+        state.index += 1
+        return out
 
     def postprocess_x0(self, pred_x0: Tensor) -> Tensor:
         """Dynamic thresholding if enabled, else clipping to [-clip_range, clip_range] if enabled."""
@@ -287,5 +524,133 @@ class Sampler:
 
         ``prediction_type`` is what ``model_output`` is (``eps | x0 | v``, the trained objective's
         target). Stochastic samplers draw their noise from ``generator`` (or take ``noise``).
+        Only samplers whose step needs one model output and no history implement it.
         """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no single-output step; sample through advance() (difflab.samplers.generate)"
+        )
+
+
+class SigmaSampler(Sampler):
+    """Base of the samplers that step between noise levels sigma: Euler, Heun, DPM-Solver, UniPC.
+
+    The grid is the spaced timesteps (``spacing``, ``steps_offset``: see :func:`make_timesteps`)
+    and their sigma = sqrt((1 - alpha-bar) / alpha-bar), or with ``use_karras_sigmas`` the
+    noise levels of Karras et al. 2022 (arXiv:2206.00364, eq. 5, exponent ``rho``) between
+    sigma(0) and sigma(T - 1) of the training schedule, each at the fractional timestep that
+    has it (:func:`sigma_to_t`). The grid ends at sigma = 0: the last step returns the clean
+    sample. The default spacing is ``trailing``, so that no step is spent between t = 0 and
+    the clean sample (Lin et al. 2023, arXiv:2305.08891).
+
+    Clipping or thresholding (on by default, as for DDIM) acts on every x_0 estimate the
+    solver uses; pass ``clip_sample=False`` to integrate the unclipped ODE.
+    """
+
+    #: The default spacing, left out of the metric key.
+    default_spacing: ClassVar[str] = "trailing"
+
+    def __init__(
+        self,
+        num_steps: int,
+        spacing: str = "trailing",
+        use_karras_sigmas: bool = False,
+        rho: float = 7.0,
+        clip_sample: bool = True,
+        clip_range: float = 1.0,
+        dynamic_thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        steps_offset: int = 0,
+    ) -> None:
+        if not _is_int(num_steps) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
+            raise ValueError(f"rho must be a number > 0, got {rho!r}")
+        super().__init__(
+            num_steps=num_steps,
+            spacing=spacing,
+            clip_sample=clip_sample,
+            clip_range=clip_range,
+            dynamic_thresholding=dynamic_thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value,
+            steps_offset=steps_offset,
+        )
+        self.use_karras_sigmas = bool(use_karras_sigmas)
+        self.rho = float(rho)
+
+    # ------------------------------------------------------------------ grid and names
+    def steps(self, num_train_timesteps: int) -> int:
+        """The number of steps S, validated against T for a spaced grid."""
+        if self.use_karras_sigmas:
+            if not _is_int(num_train_timesteps) or num_train_timesteps < 2:
+                raise ValueError(f"Karras sigmas need num_train_timesteps >= 2, got {num_train_timesteps!r}")
+            return int(self.num_steps)
+        return int(self.timesteps(num_train_timesteps).numel())
+
+    def nfe(self, num_train_timesteps: int) -> int:
+        """One network evaluation per step (Heun overrides it)."""
+        return self.steps(num_train_timesteps)
+
+    def timesteps(self, num_train_timesteps: int, process: GaussianDiffusion | None = None) -> Tensor:
+        """The model timesteps of the grid: a LongTensor, or float64 under Karras sigmas (which need ``process``)."""
+        if self.use_karras_sigmas:
+            if process is None:
+                raise ValueError(
+                    "Karras sigmas depend on the noise schedule: call timesteps(T, process) or grid(process)"
+                )
+            return self.grid(process)[0]
+        return make_timesteps(num_train_timesteps, int(self.num_steps), self.spacing, self.steps_offset)
+
+    def grid(self, process: GaussianDiffusion) -> tuple[Tensor, Tensor]:
+        table = vp_sigmas(process)
+        if not self.use_karras_sigmas:
+            timesteps = self.timesteps(process.num_timesteps)
+            sigmas = table[timesteps]
+        else:
+            self.steps(process.num_timesteps)
+            sigmas = karras_sigmas(float(table[0]), float(table[-1]), int(self.num_steps), self.rho)
+            timesteps = sigma_to_t(sigmas, table.log())
+        return timesteps, torch.cat([sigmas, sigmas.new_zeros(1)])
+
+    def init_state(self, process: GaussianDiffusion, prediction_type: str) -> SamplerState:
+        state = super().init_state(process, prediction_type)
+        state.log_sigmas = vp_sigmas(process).log()
+        return state
+
+    def variant(self) -> str:
+        """The method and its non-default result-changing options, e.g. ``dpmpp2m_sde``."""
         raise NotImplementedError
+
+    def grid_suffix(self) -> str:
+        """``_karras`` (``_karras_rho<rho>`` off rho = 7) or ``_<spacing>`` off the default spacing."""
+        if self.use_karras_sigmas:
+            return "_karras" if self.rho == 7.0 else f"_karras_rho{self.rho:g}"
+        suffix = "" if self.spacing == self.default_spacing else f"_{self.spacing}"
+        return suffix + (f"_offset{self.steps_offset}" if self.steps_offset and self.spacing == "leading" else "")
+
+    def key_part(self, num_train_timesteps: int) -> str:
+        """``<variant>_nfe<NFE>``, e.g. ``dpmpp2m_nfe10`` or ``heun_karras_nfe19``."""
+        return f"{self.variant()}_nfe{self.nfe(num_train_timesteps)}"
+
+    # ------------------------------------------------------------------ shared pieces of a step
+    def denoise(
+        self, model: Callable[[Tensor, int | float], Tensor], x: Tensor, sigma: float, t: int | float,
+        state: SamplerState,
+    ) -> tuple[Tensor, Tensor]:
+        """One model call at noise level ``sigma`` (timestep ``t``) on the VP sample ``x``.
+
+        Returns the post-processed (clipped or thresholded) x_0 estimate and the eps consistent
+        with it, eps = (x - alpha x_0) / sigma_vp (the model's own eps when nothing is clipped).
+        """
+        alpha, sigma_vp = vp_coefficients(sigma)
+        model_output = model(x, t)
+        if model_output.shape != x.shape:
+            raise ValueError(
+                f"the model output has shape {tuple(model_output.shape)} but x has shape {tuple(x.shape)}; they must match"
+            )
+        pred_x0, pred_eps = split_output(model_output, x, alpha, sigma_vp, state.prediction_type)
+        if self.clip_sample or self.dynamic_thresholding:
+            pred_x0 = self.postprocess_x0(pred_x0)
+            pred_eps = (x - alpha * pred_x0) / sigma_vp
+        return pred_x0, pred_eps

@@ -24,6 +24,8 @@ class DDIMSampler(Sampler):
     model's, not re-derived from a clipped x_0 (diffusers ``use_clipped_model_output=False``).
     """
 
+    name = "ddim"
+
     def __init__(
         self,
         num_steps: int = 50,

@@ -26,6 +26,8 @@ class DDPMSampler(Sampler):
     at every step except the last (``t_prev < 0``), which returns the posterior mean.
     """
 
+    name = "ddpm"
+
     def __init__(
         self,
         num_steps: int | None = None,

@@ -1,4 +1,9 @@
-"""The one denoising loop: x_T ~ N(0, I), then ``sampler.step`` over the sampler's timesteps."""
+"""The one denoising loop: x_T ~ N(0, I), then ``sampler.advance`` over the sampler's grid.
+
+The loop creates the per-call state (``sampler.init_state``) and the model callable
+(:class:`~difflab.samplers.base.ModelFn`, where classifier-free guidance will live), so the
+sampler object itself is never changed by sampling and can be shared.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers.base import Generators, Sampler, check_prediction_type, is_generator, prev_timesteps, randn
+from difflab.samplers.base import Generators, ModelFn, Sampler, check_prediction_type, is_generator, randn
 
 __all__ = ["Trajectory", "generate"]
 
@@ -19,10 +24,12 @@ __all__ = ["Trajectory", "generate"]
 class Trajectory:
     """The states visited by :func:`generate`.
 
-    - ``timesteps``: LongTensor (S,), the descending timesteps visited;
-    - ``x_t``: S + 1 tensors: ``x_t[i]`` is the input at ``timesteps[i]`` (``x_t[0]`` = x_T)
-      and ``x_t[S]`` the final sample;
-    - ``pred_x0``: S tensors, the (clipped) x_0 estimate at each step.
+    - ``timesteps``: (S,) the descending timesteps of the steps: a LongTensor, or float64 for
+      fractional timesteps (Karras sigmas);
+    - ``x_t``: S + 1 tensors: ``x_t[i]`` is the (variance-preserving) sample at ``timesteps[i]``
+      (``x_t[0]`` = x_T) and ``x_t[S]`` the final sample;
+    - ``pred_x0``: S tensors, the (clipped) x_0 estimate of each step (from its first model call);
+    - ``nfe``: the network evaluations of the run.
 
     Tensors stay on the sampling device.
     """
@@ -30,6 +37,7 @@ class Trajectory:
     timesteps: Tensor
     x_t: list[Tensor] = field(default_factory=list)
     pred_x0: list[Tensor] = field(default_factory=list)
+    nfe: int = 0
 
 
 def _default_device(model: Callable[..., Tensor], process: GaussianDiffusion) -> torch.device:
@@ -63,8 +71,10 @@ def generate(
     ``device`` (default: the model's parameter device, else the process' buffer device); every
     later random draw also comes from ``generator``, so a fixed seed reproduces the run bit for
     bit. The model is called as ``model(x_t, t_batch)`` (or ``model(x_t, t_batch, y)``) with
-    ``t_batch`` a LongTensor (B,); ``prediction_type`` says what it outputs (``eps | x0 | v``: the
-    trained objective's target, stored with the model). The model's train/eval mode is left as
+    ``t_batch`` (B,) a LongTensor, or a float tensor for fractional timesteps (Karras sigmas,
+    EDM churn); a step may call it more than once (``sampler.nfe(T)`` calls per sample).
+    ``prediction_type`` says what it outputs (``eps | x0 | v``: the trained objective's target,
+    stored with the model). The model's train/eval mode is left as
     it is. ``on_step(i, num_steps)`` is called after step i (0-based), e.g. to show progress.
 
     Returns the final sample (float, roughly in [-1, 1] for image data), or
@@ -83,24 +93,23 @@ def generate(
         raise ValueError(f"y must have batch size {shape[0]}, got shape {tuple(y.shape)}")
 
     device = torch.device(device) if device is not None else _default_device(model, process)
-    timesteps = sampler.timesteps(process.num_timesteps)
-    previous = prev_timesteps(timesteps)
+    state = sampler.init_state(process, prediction_type)
     if y is not None:
         y = y.to(device)
+    model_fn = ModelFn(model, y)
 
     x_t = randn(shape, generator, device)
-    trajectory = Trajectory(timesteps=timesteps.clone(), x_t=[x_t], pred_x0=[])
-    pairs = list(zip(timesteps.tolist(), previous.tolist()))
-    for i, (t, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="sampling", leave=False)):
-        t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
-        model_output = model(x_t, t_batch) if y is None else model(x_t, t_batch, y)
-        out = sampler.step(process, model_output, t, t_prev, x_t, generator, prediction_type=prediction_type)
+    trajectory = Trajectory(timesteps=state.timesteps.clone(), x_t=[x_t], pred_x0=[])
+    num_steps = state.num_steps
+    for i in tqdm(range(num_steps), disable=not progress, desc="sampling", leave=False):
+        out = sampler.advance(model_fn, x_t, state, generator)
         x_t = out.prev_sample
         if on_step is not None:
-            on_step(i, len(pairs))
+            on_step(i, num_steps)
         if return_trajectory:
             trajectory.x_t.append(x_t)
             trajectory.pred_x0.append(out.pred_x0)
     if return_trajectory:
+        trajectory.nfe = model_fn.calls
         return x_t, trajectory
     return x_t
