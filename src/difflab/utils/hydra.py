@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-_SECRET = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-REDACTED = "<redacted>"
+from difflab.utils.secrets import REDACTED, is_secret_key  # noqa: F401  (re-exported)
+from difflab.utils.secrets import redact as _redact
 
 
 @lru_cache(maxsize=1)
@@ -81,14 +80,8 @@ def register_resolvers() -> None:
 
 
 def redact(obj: Any) -> Any:
-    """A copy of a plain config container with secret-looking keys' values replaced."""
-    if isinstance(obj, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET.search(k) and v is not None else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str) and os.environ.get("WANDB_API_KEY") and os.environ["WANDB_API_KEY"] in obj:
-        return obj.replace(os.environ["WANDB_API_KEY"], REDACTED)
-    return obj
+    """A copy of a plain config container with secrets replaced (``difflab.utils.secrets``)."""
+    return _redact(obj)
 
 
 def to_plain_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -48,6 +48,9 @@ def make_wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> Wand
         kwargs["config"] = {**identity["config"], **(kwargs.get("config") or {})}
     if tags:
         kwargs["tags"] = list(tags)
+    from difflab.utils.secrets import redact
+
+    kwargs = redact(kwargs)  # a token typed into the name, notes or tags stays out of W&B
     from pathlib import Path
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -58,17 +61,19 @@ def make_wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> Wand
 
 def _start_without_secret_args(logger: WandbLogger) -> None:
     """W&B records the command line (sys.argv) with each run: if it holds a secret (a value of
-    a secret-looking key, or WANDB_API_KEY), start the run now with those values redacted."""
+    a secret-looking key, a token-shaped value, or WANDB_API_KEY), start the run now with
+    those values redacted."""
     import sys
 
-    from difflab.utils.hydra import _SECRET
+    from difflab.utils.secrets import override_secret_values
     from difflab.utils.validation import redact_overrides, secret_values
 
-    values = secret_values() + [v for k, sep, v in (a.partition("=") for a in sys.argv) if sep and v and _SECRET.search(k)]
-    if not any(v in arg for arg in sys.argv for v in values):
+    values = secret_values() + override_secret_values(sys.argv[1:])
+    redacted = redact_overrides(sys.argv, values)
+    if redacted == sys.argv:
         return
     saved = sys.argv[:]
-    sys.argv[:] = redact_overrides(sys.argv, values)
+    sys.argv[:] = redacted
     try:
         logger.experiment  # noqa: B018 - creates the run (rank 0 only) while argv is redacted
     finally:

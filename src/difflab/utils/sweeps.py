@@ -70,16 +70,14 @@ def wandb_identity() -> dict[str, Any]:
     hc = hydra_config()
     if hc is None:
         return {}
-    from difflab.utils.hydra import _SECRET
     from difflab.utils.validation import redact_overrides, redact_text, secret_values
 
     raw = [str(o) for o in hc.overrides.task]
-    # values given to secret-looking keys on the command line (e.g. +secret_token=...) never reach W&B
-    values = secret_values() + [
-        v for k, sep, v in (o.partition("=") for o in raw) if sep and _SECRET.search(k) and v
-    ]
+    # values given to secret-looking keys on the command line (e.g. +db.pwd=...) and
+    # token-shaped values never reach W&B (secret_values includes this job's overrides)
+    values = secret_values()
     overrides = redact_overrides(raw, values)
-    name = redact_text(str(hc.job.override_dirname), values) if values else str(hc.job.override_dirname)
+    name = redact_text(str(hc.job.override_dirname), values)
     out: dict[str, Any] = {"name": name or None, "config": {"overrides": overrides}}
     if is_multirun(hc):
         group = sweep_group(hc.sweep.dir, hc.job.name)

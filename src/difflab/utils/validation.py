@@ -10,9 +10,10 @@ no part: the top-level run settings, the data module's arguments (which the back
 and interpolations that cannot be resolved.
 
 ``scrub_run_dir(output_dir, cfg)``: Hydra writes ``.hydra/config.yaml``, ``hydra.yaml`` and
-``overrides.yaml`` before the job starts, with every command-line override as typed. This
-replaces, in those files, the values of secret-looking keys (``api_key``, ``token``,
-``secret``, ``password``, ...) and the value of ``WANDB_API_KEY`` by ``<redacted>``.
+``overrides.yaml`` before the job starts (and, in a multirun, ``multirun.yaml``), with every
+command-line override as typed. This replaces, in those files, the values of secret-looking
+keys, token-shaped values and the value of ``WANDB_API_KEY`` by ``<redacted>``
+(``difflab.utils.secrets`` says what counts as a secret).
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 from difflab.errors import ConfigError, DifflabError
-from difflab.utils.hydra import _SECRET, REDACTED
+from difflab.utils.secrets import (  # noqa: F401  (REDACTED, redact_text: re-exported)
+    REDACTED,
+    env_secrets,
+    override_secret_values,
+    redact_text,
+    secret_values_of,
+)
 
 RESUME_CHOICES = ("auto", "never")
-# values shorter than this are not scrubbed by value (they would match ordinary text)
-MIN_SECRET_LEN = 4
 
 
 # --------------------------------------------------------------------------- messages
@@ -275,68 +280,58 @@ def validate_config(cfg: DictConfig) -> None:
 
 # --------------------------------------------------------------------------- secrets
 def secret_values(cfg: Any = None) -> list[str]:
-    """The values to keep out of files: ``WANDB_API_KEY`` and values of secret-looking keys of ``cfg``."""
-    found: list[str] = []
-    key = os.environ.get("WANDB_API_KEY")
-    if key:
-        found.append(key)
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if isinstance(k, str) and _SECRET.search(k) and isinstance(v, (str, int)) and not isinstance(v, bool):
-                    found.append(str(v))
-                else:
-                    walk(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                walk(v)
-
+    """The values to keep out of files: ``WANDB_API_KEY``, values of secret-looking keys of
+    ``cfg`` and, inside a Hydra job, values given to such keys on the command line."""
+    found: list[str] = list(env_secrets())
     if cfg is not None:
         try:
             plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False) if isinstance(cfg, DictConfig) else cfg
-        except OmegaConfBaseException:
+        except (OmegaConfBaseException, ValueError, TypeError):
             plain = OmegaConf.to_container(cfg, resolve=False)
-        walk(plain)
-    return sorted({v for v in found if len(v) >= MIN_SECRET_LEN}, key=len, reverse=True)
+        found += secret_values_of(plain)
+    hc = _hydra_config()
+    if hc is not None:
+        found += override_secret_values([str(o) for o in hc.overrides.task])
+    return sorted(set(found), key=len, reverse=True)
 
 
-# `+secret_token=abc`, `logger.wandb.api_key=abc`: an override of a secret-looking key
-_OVERRIDE = re.compile(
-    r"(?P<key>[+~]{0,2}[A-Za-z0-9_.\-/@]*(?:api[_-]?key|token|secret|password|passwd|credential)[A-Za-z0-9_.\-]*)"
-    r"(?P<sep>\s*[=:]\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^,\s\]\}]+)",
-    re.IGNORECASE,
-)
-
-
-def redact_text(text: str, values: list[str]) -> str:
-    """``text`` with every ``values`` entry and every ``key=value`` of a secret-looking key redacted."""
-    for v in values:
-        text = text.replace(v, REDACTED)
-    return _OVERRIDE.sub(lambda m: m.group("key") + m.group("sep") + (m.group("value") if m.group("value").startswith("${") else REDACTED), text)
+def _hydra_config() -> Any | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:  # pragma: no cover
+        return None
+    return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def redact_overrides(overrides: list[str], values: list[str] | None = None) -> list[str]:
     """Command-line overrides with secret values redacted (for W&B run names and configs)."""
-    return [redact_text(str(o), values or secret_values()) for o in overrides]
+    values = secret_values() if values is None else values
+    return [redact_text(str(o), values) for o in overrides]
+
+
+def _scrub_file(path: Path, values: list[str]) -> bool:
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    new = redact_text(text, values)
+    if new == text:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+    return True
 
 
 def scrub_run_dir(output_dir: str | os.PathLike, cfg: Any = None, subdir: str = ".hydra") -> list[Path]:
-    """Redact secrets in the YAML files Hydra wrote; returns the files that changed."""
+    """Redact secrets in the YAML files Hydra wrote (``<run dir>/.hydra/*.yaml`` and, in a
+    multirun, ``<sweep dir>/multirun.yaml``); returns the files that changed."""
     values = secret_values(cfg)
-    changed = []
     folder = Path(output_dir) / subdir
-    if not folder.is_dir():
-        return changed
-    for path in sorted(folder.glob("*.yaml")):
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        new = redact_text(text, values)
-        if new != text:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(new)
-            os.replace(tmp, path)
-            changed.append(path)
-    return changed
+    paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    hc = _hydra_config()
+    if hc is not None and str(hc.mode) in ("RunMode.MULTIRUN", "MULTIRUN"):
+        multirun = Path(str(hc.sweep.dir)) / "multirun.yaml"
+        if multirun.is_file():
+            paths.append(multirun)
+    return [path for path in paths if _scrub_file(path, values)]
