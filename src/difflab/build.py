@@ -138,6 +138,7 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         sampler=sampler,
         optimizer=optimizer,
         lr_warmup_steps=cfg.lr_warmup_steps,
+        lr_scheduler=instantiate(cfg.lr_scheduler, "lr_scheduler") if cfg.get("lr_scheduler") is not None else None,
         seed=cfg.seed,
         val_seed=cfg.val_seed,
         max_consecutive_nonfinite=cfg.max_consecutive_nonfinite,
@@ -193,9 +194,19 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
     accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("no CUDA device found; use trainer=cpu or trainer=default")
-    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    steps = val_check_batches(cfg.trainer.get("val_check_interval"), cfg.trainer.get("accumulate_grad_batches", 1))
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, val_check_interval=steps)
     _share_cpu_threads(trainer)
     return trainer
+
+
+def val_check_batches(val_check_interval: Any, accumulate_grad_batches: Any = 1) -> Any:
+    """``trainer.val_check_interval`` counts optimizer steps; Lightning counts training batches,
+    so an integer interval is multiplied by ``accumulate_grad_batches`` (a fraction of an
+    epoch or null passes through)."""
+    if isinstance(val_check_interval, int) and not isinstance(val_check_interval, bool):
+        return val_check_interval * int(accumulate_grad_batches or 1)
+    return val_check_interval
 
 
 def _share_cpu_threads(trainer: L.Trainer) -> None:

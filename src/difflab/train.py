@@ -25,7 +25,7 @@ from difflab.utils.validation import scrub_run_dir, validate_config
 
 log = get_logger(__name__)
 
-CONFIG_ORDER = ("data", "backbone", "schedule", "objective", "sampler", "optimizer", "trainer", "callbacks", "logger", "paths")
+CONFIG_ORDER = ("data", "backbone", "schedule", "objective", "sampler", "optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "paths")
 
 
 def save_final_checkpoint(trainer: L.Trainer) -> None:
@@ -91,6 +91,15 @@ def run(cfg: DictConfig) -> float | None:
     image_shape = tuple(datamodule.image_shape)
     module = build_module(cfg, image_shape, config_dict=config_dict)
     ckpt_path = resolve_ckpt_path(cfg)
+    if cfg.get("init_from"):  # fine-tuning: weights only (validate_config refuses it with ckpt_path)
+        if ckpt_path is None:
+            from difflab.utils.checkpoint import init_weights_from
+
+            loaded = init_weights_from(module, cfg.init_from)
+            log.info("init_from: raw%s weights of %s (step %s); step, optimizer and EMA count start at 0",
+                     " and EMA" if loaded.ema else "", loaded.path, loaded.source_step)
+        else:  # resume=auto found this run's own checkpoint (e.g. after a preemption): continue it
+            log.info("init_from=%s not applied: resuming this run from %s", cfg.init_from, ckpt_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     callbacks = build_callbacks(cfg)
 

@@ -184,3 +184,102 @@ def test_safetensors_errors(tmp_path):
     bad.write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_safetensors(bad)
+
+
+# ----------------------------------------------------------------------------- init_from (fine-tuning)
+def _module(overrides=()):
+    from difflab.build import build_module
+    from difflab.utils.hydra import to_plain_dict
+
+    cfg = compose_train([*TINY_RUN, *overrides])
+    return build_module(cfg, (1, 28, 28), config_dict=to_plain_dict(cfg))
+
+
+def test_init_weights_from_loads_raw_and_ema_weights_only(tiny_ckpt):
+    from difflab.utils.checkpoint import ema_state_from_checkpoint, init_weights_from
+
+    module = _module()
+    ckpt = load_checkpoint(tiny_ckpt)
+    loaded = init_weights_from(module, tiny_ckpt)
+    assert loaded.ema and loaded.source_step == 2 and loaded.num_tensors == len(module.backbone.state_dict())
+    for k, v in module.backbone.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][f"backbone.{k}"]), k
+    ema = ema_state_from_checkpoint(ckpt)
+    assert set(module.initial_ema_state) == set(ema)
+    assert all(torch.equal(module.initial_ema_state[k], ema[k]) for k in ema)
+    assert any(not torch.equal(ema[k], ckpt["state_dict"][f"backbone.{k}"]) for k in ema)  # two different sets
+
+
+def test_init_from_another_backbone_is_refused_naming_the_keys(tiny_ckpt):
+    from difflab.utils.checkpoint import init_weights_from
+
+    with pytest.raises(CheckpointError) as e:
+        init_weights_from(_module(["backbone.base_channels=16"]), tiny_ckpt)
+    msg = str(e.value)
+    assert "\n" not in msg and "init_from=" in msg and "backbone.base_channels=16 here, 8 in the file" in msg
+
+
+def test_init_from_weights_that_do_not_fit(tiny_ckpt, tmp_path):
+    """The stored config matches but the weights are another network's: the weights are checked too."""
+    from difflab.backbones import UNet
+    from difflab.utils.checkpoint import init_weights_from
+
+    path = tmp_path / "other.ckpt"
+    other = UNet(in_channels=1, image_size=28, base_channels=8, channel_mult=(1, 2), num_res_blocks=2)
+    config = load_checkpoint(tiny_ckpt)["hyper_parameters"]["config"]
+    torch.save({"hyper_parameters": {"config": config}, "state_dict": {f"backbone.{k}": v for k, v in other.state_dict().items()}}, path)
+    with pytest.raises(CheckpointError, match="do not fit the backbone") as e:
+        init_weights_from(_module(), path)
+    assert "unexpected keys" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_init_from_missing_or_unsafe_file_is_one_line(tmp_path):
+    from difflab.utils.checkpoint import init_weights_from
+
+    with pytest.raises(CheckpointError, match=r"^init_from: checkpoint .*nope.ckpt: no such file"):
+        init_weights_from(_module(), tmp_path / "nope.ckpt")
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, evil)
+    _payload_ran.clear()
+    with pytest.raises(CheckpointError, match="^init_from: .*refused for safety"):
+        init_weights_from(_module(), evil)
+    assert not _payload_ran
+
+
+def test_init_from_exported_safetensors(tiny_ckpt, tmp_path):
+    from difflab.utils.checkpoint import init_weights_from
+
+    out = export_safetensors(tiny_ckpt, tmp_path / "w.safetensors")
+    module = _module()
+    loaded = init_weights_from(module, out)
+    state, _ = load_safetensors(out)
+    assert not loaded.ema and module.initial_ema_state is None  # one set: the EMA starts from it
+    assert all(torch.equal(module.backbone.state_dict()[k], v) for k, v in state.items())
+
+
+def test_fine_tuning_run_starts_at_step_0_with_a_fresh_optimizer_and_the_files_ema(tiny_ckpt, tmp_path):
+    from difflab.train import run
+    from difflab.utils.checkpoint import ema_state_from_checkpoint
+
+    src = load_checkpoint(tiny_ckpt)
+    run(compose_train([*TINY_RUN, "trainer.max_steps=1", "trainer.val_check_interval=1", f"init_from={tiny_ckpt}"],
+                      output_dir=str(tmp_path)))
+    out = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert out["global_step"] == 1 and out["callbacks"]["EMA"]["num_updates"] == 1
+    assert {int(s["step"]) for s in out["optimizer_states"][0]["state"].values()} == {1}  # not 3: fresh moments
+    # EMA without warm-up, decay 0.999: ema = 0.999 * (the file's EMA) + 0.001 * (raw weights after step 1)
+    ema_src, ema_out = ema_state_from_checkpoint(src), ema_state_from_checkpoint(out)
+    for k, v in ema_out.items():
+        if v.is_floating_point():
+            expected = 0.999 * ema_src[k] + 0.001 * out["state_dict"][f"backbone.{k}"]
+            assert torch.allclose(v, expected, atol=1e-6), k
+
+
+def test_init_from_with_ckpt_path_is_refused(tiny_ckpt):
+    from difflab.errors import ConfigError
+    from difflab.utils.validation import validate_config
+
+    with pytest.raises(ConfigError, match="exclude each other"):
+        validate_config(compose_train([f"init_from={tiny_ckpt}", f"ckpt_path={tiny_ckpt}"]))
+    with pytest.raises(ConfigError, match="init_from=/nope.ckpt: no such file"):
+        validate_config(compose_train(["init_from=/nope.ckpt"]))

@@ -79,8 +79,11 @@ class EMA(Callback):
         self.ema_model.to(pl_module.device)
         if self.num_updates == 0:
             # Fresh EMA (also when resuming from a checkpoint without EMA state): start from
-            # the weights the run starts from, not from the random initialisation.
-            self.ema_model.load_state_dict(pl_module.backbone.state_dict())
+            # the weights the run starts from, not from the random initialisation; after
+            # init_from (utils.checkpoint.init_weights_from) from the file's EMA weights.
+            initial = getattr(pl_module, "initial_ema_state", None)
+            self.ema_model.load_state_dict(initial if initial is not None else pl_module.backbone.state_dict())
+            pl_module.initial_ema_state = None  # used once; a second fit continues this EMA
         self._last_global_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:

@@ -415,14 +415,16 @@ def init_weights_from(module: nn.Module, path: str | Path) -> InitFrom:
     try:
         if path.suffix == ".safetensors":
             raw, meta = load_safetensors(path)
-            config, ema, step = meta["config"], None, meta["global_step"]
         else:
             ckpt = load_checkpoint(path)
-            config = checkpoint_config(ckpt, source)
-            raw = {k[len(BACKBONE_PREFIX) :]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith(BACKBONE_PREFIX)}
-            ema, step = ema_state_from_checkpoint(ckpt), ckpt.get("global_step")
     except CheckpointError as e:
         raise CheckpointError(f"init_from: {e}") from None
+    if path.suffix == ".safetensors":
+        config, ema, step = meta["config"], None, meta["global_step"]
+    else:
+        config = checkpoint_config(ckpt, source)
+        raw = {k[len(BACKBONE_PREFIX) :]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith(BACKBONE_PREFIX)}
+        ema, step = ema_state_from_checkpoint(ckpt), ckpt.get("global_step")
     if not raw:
         raise CheckpointError(f"{source} holds no backbone weights (no backbone.* in its state_dict); give a checkpoint of a difflab run")
     here = ((getattr(module, "hparams", None) or {}).get("config") or {}).get("backbone")

@@ -90,6 +90,15 @@ def check_run_settings(cfg: DictConfig) -> None:
             f"resume must be auto (continue from <run dir>/checkpoints/last.ckpt if it exists) or never/false, "
             f"got {resume!r}; to resume from a file set ckpt_path=PATH"
         )
+    if cfg.get("init_from") and cfg.get("ckpt_path"):
+        raise ConfigError(
+            f"init_from={cfg.init_from} (new run from a checkpoint's weights) and ckpt_path={cfg.ckpt_path} (resume a "
+            "run with its step and optimizer) exclude each other; drop one"
+        )
+    if cfg.get("init_from"):
+        path = Path(str(cfg.init_from)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"init_from={cfg.init_from}: no such file; give a .ckpt of a difflab run, e.g. <run dir>/checkpoints/last.ckpt")
     _int(cfg, "seed", minimum=0)
     _int(cfg, "lr_warmup_steps", minimum=0)
     _int(cfg, "max_consecutive_nonfinite", minimum=1)
