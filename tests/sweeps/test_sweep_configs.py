@@ -60,7 +60,7 @@ def test_every_sweep_parameter_value_composes(path: Path):
 
 def test_grid_combinations_pass_validation():
     """Every cell of the grid gets past run()'s cheap validation (schedule, objective, sampler)."""
-    from difflab.train import build_core
+    from difflab.build import build_core
 
     spec = yaml.safe_load((ROOT / "sweeps" / "grid.yaml").read_text())
     keys = list(spec["parameters"])
@@ -85,13 +85,50 @@ def _representatives(key: str, expr: str) -> list:
     return [value]
 
 
+# what changes the scale of val/loss: a search that varies one of these must not minimise it
+LOSS_SCALE_KEYS = ("schedule", "objective")
+
+
+def _varies_loss_scale(keys) -> bool:
+    return any(k.split(".")[0].lstrip("+~") in LOSS_SCALE_KEYS for k in keys)
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml")))
 def test_hparams_search_composes_and_its_space_is_valid(name):
     cfg = compose_train([f"hparams_search={name}"])
-    assert cfg.optimized_metric == "val/loss"
-    for key, expr in _search_space(name).items():
+    space = _search_space(name)
+    if _varies_loss_scale(space):  # objective / schedule vary: a metric comparable across them
+        assert cfg.optimized_metric.startswith("fid/"), cfg.optimized_metric
+    else:
+        assert cfg.optimized_metric == "val/loss"
+    for key, expr in space.items():
         for value in _representatives(key, expr):
             compose_train([f"hparams_search={name}", f"{key}={value}"])
+
+
+@pytest.mark.parametrize("overrides", [[], ["sampler=ddpm", "callbacks.fid.n=500"], ["sampler=ddim", "callbacks.fid.feature=inception"]])
+def test_optuna_minimises_the_key_the_fid_callback_logs(overrides):
+    """The key is built as the FID score's key is: by protocol_key from the run's sampler."""
+    import hydra
+
+    from difflab.evaluation.protocol import protocol_key, sampler_key
+
+    cfg = compose_train(["hparams_search=optuna", *overrides])
+    sampler = hydra.utils.instantiate(cfg.sampler)
+    expected = protocol_key("fid", cfg.callbacks.fid.feature, sampler_key(sampler, cfg.schedule.num_timesteps), cfg.callbacks.fid.n)
+    assert cfg.optimized_metric == expected and cfg.callbacks.fid.at_end
+    if not overrides:
+        assert cfg.optimized_metric == "fid/digits/ddim50_eta1/n1000"
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_wandb_sweeps_that_vary_objective_or_schedule_do_not_use_val_loss(path: Path):
+    spec = yaml.safe_load(path.read_text())
+    name = spec["metric"]["name"]
+    if _varies_loss_scale(spec["parameters"]):
+        assert name == compose_train(["+k=${dl.metric_key:fid}"]).k  # what the default FID callback logs
+    else:
+        assert name == "val/loss"
 
 
 def _compose_with_hydra(overrides: list[str]):
@@ -113,6 +150,9 @@ def test_optuna_sweeper_is_configured():
     assert "OptunaSweeper" in cfg.hydra.sweeper._target_
     assert str(cfg.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
     assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "lr_warmup_steps", "callbacks.ema.decay", "schedule", "objective"}
+    cfg = _compose_with_hydra(["hparams_search=optuna_optimizer"])
+    assert "OptunaSweeper" in cfg.hydra.sweeper._target_
+    assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "lr_scheduler", "lr_warmup_steps", "callbacks.ema.decay"}
 
 
 def test_slurm_launcher_runs_one_task_per_gpu_and_requeues_on_usr1():

@@ -68,7 +68,30 @@ def data_shape(data_node: Any, index: Any = None) -> Any:
     return shape if index is None else shape[int(index)]
 
 
+def metric_key(metric: str = "fid", *, _root_: Any) -> str:
+    """Resolve ``${dl.metric_key:fid}``: the key the FID callback logs its score under in this run.
+
+    E.g. ``fid/digits/ddim50_eta1/n1000``: the metric, ``callbacks.fid.feature``, the sampler's
+    key part (``callbacks.fid.sampler``, else the run's ``sampler``, on ``schedule.num_timesteps``
+    steps) and ``callbacks.fid.n``, built by the same functions as the score
+    (``difflab.evaluation.protocol``), so a sweep's ``optimized_metric`` follows the key when
+    the sampler or n change.
+    """
+    import hydra
+
+    from difflab.evaluation.protocol import protocol_key, sampler_key
+
+    fid = OmegaConf.select(_root_, "callbacks.fid")
+    if fid is None:
+        raise ValueError(f"${{dl.metric_key:{metric}}} needs the FID callback; keep callbacks.fid (it is in callbacks=default)")
+    node = fid.get("sampler") or _root_.sampler
+    sampler = hydra.utils.instantiate(node)
+    return protocol_key(metric, str(fid.feature), sampler_key(sampler, int(_root_.schedule.num_timesteps)), int(fid.n))
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dl.metric_key"):
+        OmegaConf.register_new_resolver("dl.metric_key", metric_key)
     if not OmegaConf.has_resolver("dl.data_shape"):
         OmegaConf.register_new_resolver("dl.data_shape", data_shape)
     if not OmegaConf.has_resolver("dl.precision"):
