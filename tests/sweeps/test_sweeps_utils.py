@@ -165,3 +165,23 @@ def test_a_rerun_in_the_same_dir_starts_without_old_failures(tmp_path):
     sweeps.SweepSummary().on_multirun_start(config=config)
     assert sweeps.summarize(tmp_path)[1] == 0
     assert (tmp_path / "failures" / "previous" / "job_0.yaml").is_file()
+
+
+def test_the_group_is_in_the_logged_config_of_a_multirun_job(hydra_job):
+    """W&B's config.group is the multirun's group, not null (train.yaml: group: ${dl.sweep_group:})."""
+    from difflab.utils.hydra import to_plain_dict
+
+    assert hydra_job.group == "train-2025-01-31_12-00-00" == sweeps.wandb_identity()["group"]
+    with open_dict(hydra_job):
+        del hydra_job["hydra"]
+    assert to_plain_dict(hydra_job)["group"] == "train-2025-01-31_12-00-00"  # what train.run logs
+
+
+def test_the_group_is_null_in_a_single_run_and_can_be_set():
+    from hydra.core.hydra_config import HydraConfig
+
+    from tests.conftest import compose_train
+
+    HydraConfig.instance().cfg = None
+    assert compose_train([]).group is None
+    assert compose_train(["group=ablation"]).group == "ablation"

@@ -89,7 +89,19 @@ def metric_key(metric: str = "fid", *, _root_: Any) -> str:
     return protocol_key(metric, str(fid.feature), sampler_key(sampler, int(_root_.schedule.num_timesteps)), int(fid.n))
 
 
+def sweep_group() -> str | None:
+    """Resolve ``${dl.sweep_group:}`` (conf/train.yaml ``group``): the W&B group of this job of a
+    multirun (``difflab.utils.sweeps.wandb_identity``, ``train-<sweep dir name>``), None in a
+    single run. So the logged config holds the group as well as W&B's run record, and a
+    dashboard can filter on ``config.group``."""
+    from difflab.utils.sweeps import wandb_identity
+
+    return wandb_identity().get("group")
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dl.sweep_group"):
+        OmegaConf.register_new_resolver("dl.sweep_group", sweep_group)
     if not OmegaConf.has_resolver("dl.metric_key"):
         OmegaConf.register_new_resolver("dl.metric_key", metric_key)
     if not OmegaConf.has_resolver("dl.data_shape"):
