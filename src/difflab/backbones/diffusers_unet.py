@@ -2,11 +2,16 @@
 
 ``DiffusersUNet(...)(x, t, y)`` returns ``unet(x, t, class_labels=y).sample``; the wrapped
 model is ``.unet``, so its weights can be handed to diffusers pipelines unchanged.
+``DiffusersUNet(pretrained=DIR)`` starts from the weights of a local ``UNet2DModel`` folder,
+or of a pipeline folder with ``unet/`` and ``scheduler/`` (the layout of e.g.
+google/ddpm-cifar10-32): see :func:`resolve_pretrained`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +20,57 @@ from torch import Tensor, nn
 
 from difflab.backbones.unet import expand_timesteps
 
-__all__ = ["DiffusersUNet"]
+__all__ = ["DiffusersUNet", "load_pretrained_unet", "resolve_pretrained"]
+
+_LAYOUT = (
+    "give a UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors) or a pipeline "
+    "folder with unet/ and scheduler/ (e.g. google/ddpm-cifar10-32 downloaded elsewhere with "
+    "`huggingface-cli download google/ddpm-cifar10-32 --local-dir DIR`)"
+)
+
+
+def resolve_pretrained(folder: str | Path) -> tuple[Path, Path | None]:
+    """(the UNet2DModel folder, the scheduler config file or None) of a local folder.
+
+    ``folder`` is a model folder (``config.json`` + weights; its scheduler config is looked for
+    in ``folder/scheduler_config.json``, then in ``../scheduler/`` when ``folder`` is the
+    ``unet/`` of a pipeline) or a pipeline folder (``unet/config.json``, ``scheduler/
+    scheduler_config.json``). Raises ValueError with one line for anything else; nothing is
+    downloaded.
+    """
+    path = Path(str(folder)).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise ValueError(f"pretrained={folder}: {what}; {_LAYOUT}")
+    if (path / "config.json").is_file():
+        unet_dir = path
+        candidates = [path / "scheduler_config.json", path.parent / "scheduler" / "scheduler_config.json"]
+    elif (path / "unet" / "config.json").is_file():
+        unet_dir = path / "unet"
+        candidates = [path / "scheduler" / "scheduler_config.json"]
+    else:
+        raise ValueError(f"pretrained={folder} has no config.json and no unet/config.json; {_LAYOUT}")
+    scheduler = next((c for c in candidates if c.is_file()), None)
+    return unet_dir, scheduler
+
+
+def load_pretrained_unet(folder: str | Path) -> UNet2DModel:
+    """``UNet2DModel.from_pretrained`` of a local folder (:func:`resolve_pretrained`), with one-line errors."""
+    unet_dir, _ = resolve_pretrained(folder)
+    try:
+        class_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"pretrained={folder}: {unet_dir / 'config.json'} cannot be read ({e})") from None
+    if class_name not in (None, "UNet2DModel"):
+        raise ValueError(
+            f"pretrained={folder} holds a {class_name}, not a UNet2DModel; backbone=diffusers_unet loads "
+            "UNet2DModel weights only (a DifflabUNet2DModel export of backbone=unet is not one)"
+        )
+    try:
+        return UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        message = " ".join(str(e).split())[:300]
+        raise ValueError(f"pretrained={folder}: the UNet2DModel in {unet_dir} cannot be loaded ({message})") from None
 
 
 class DiffusersUNet(nn.Module):
@@ -30,6 +85,13 @@ class DiffusersUNet(nn.Module):
     gets ``num_classes + 1`` rows and the last one (index ``num_classes``) is the "null"
     label used when ``y`` is None. Passing diffusers' own ``num_class_embeds`` instead builds
     exactly that many rows and then requires ``y``.
+
+    ``pretrained``: a local folder (model or pipeline, :func:`resolve_pretrained`) whose
+    ``UNet2DModel`` is used as it is, weights included. Its own config then decides the
+    architecture and every other argument but ``sample_size``, ``in_channels`` and
+    ``num_classes`` is ignored; those three must agree with it (they follow the data set).
+    The folder's scheduler config is compared with the run's schedule and objective by
+    :func:`difflab.utils.diffusers_interop.check_pretrained_schedule`.
     """
 
     def __init__(
@@ -46,9 +108,13 @@ class DiffusersUNet(nn.Module):
         attention_head_dim: int | None = 8,
         num_classes: int | None = None,
         num_class_embeds: int | None = None,
+        pretrained: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        if pretrained:
+            self._init_pretrained(str(pretrained), sample_size, in_channels, num_classes)
+            return
         block_out_channels = tuple(int(c) for c in block_out_channels)
         n = len(block_out_channels)
         if n == 0 or any(c < 1 for c in block_out_channels):
@@ -84,6 +150,7 @@ class DiffusersUNet(nn.Module):
         self.sample_size = sizes
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.pretrained = None
         self.unet = UNet2DModel(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -98,6 +165,37 @@ class DiffusersUNet(nn.Module):
             num_class_embeds=num_classes + 1 if num_classes is not None else num_class_embeds,
             **kwargs,
         )
+
+    def _init_pretrained(
+        self, folder: str, sample_size: int | tuple[int, int], in_channels: int, num_classes: int | None
+    ) -> None:
+        unet = load_pretrained_unet(folder)
+        config = unet.config
+        size = config.sample_size
+        sizes = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+        want = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(int(s) for s in sample_size)
+        if sizes != want or int(config.in_channels) != int(in_channels):
+            raise ValueError(
+                f"the UNet2DModel in pretrained={folder} takes {config.in_channels}x{sizes[0]}x{sizes[1]} images "
+                f"(in_channels, sample_size) but the data gives {in_channels}x{want[0]}x{want[1]}; use data of the "
+                "model's shape (e.g. data=cifar10 for a 3x32x32 model)"
+            )
+        embeds = config.num_class_embeds
+        if num_classes is not None and embeds != num_classes + 1:
+            raise ValueError(
+                f"num_classes={num_classes} needs a class embedding of {num_classes + 1} rows (the last one the "
+                f"null label) but the UNet2DModel in pretrained={folder} has num_class_embeds={embeds}"
+            )
+        if num_classes is None and (embeds is not None or config.class_embed_type is not None):
+            raise ValueError(
+                f"the UNet2DModel in pretrained={folder} is class-conditional (num_class_embeds={embeds}, "
+                f"class_embed_type={config.class_embed_type}); difflab runs it unconditionally only without one"
+            )
+        self.sample_size = sizes
+        self.in_channels = int(config.in_channels)
+        self.num_classes = num_classes
+        self.pretrained = folder
+        self.unet = unet.train()
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.sample_size:

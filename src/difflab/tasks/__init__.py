@@ -1,0 +1,1 @@
+"""Tasks on a trained model (one file each), run by the entry points at the repository root."""
