@@ -1,7 +1,8 @@
 """DDP on the CPU (trainer=ddp_sim: 2 processes, gloo), through `python train.py` as a user runs it.
 
 Lightning re-launches train.py for rank 1, so the run is a subprocess. One run checks:
-(a) the FID callback scores n samples made by both ranks together (n/2 each);
+(a) the FID callback scores n samples made by both ranks together (n/2 each), and one process
+    (sample.py on the run's checkpoint) draws the identical samples and the same FID;
 (b) the EMA weights are bit for bit equal on both ranks;
 (c) each sample grid is written and logged once, by rank 0, into a single W&B run.
 """
@@ -37,12 +38,13 @@ def test_ddp_sim_fid_ema_and_grids(tmp_path):
 
     run_dir = tmp_path / "run"
     cmd = [
-        sys.executable, "train.py", "trainer=ddp_sim", *TINY,
+        sys.executable, "train.py", "trainer=ddp_sim", *[o for o in TINY if o != "~callbacks.fid"],
         f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS}",
         "callbacks.sample_grid.every_n_steps=1",  # a grid at step 1 and at step 2 (= the end)
-        "callbacks=[default,fid]", f"callbacks.fid.n={N}", "callbacks.fid.batch_size=16",
+        f"callbacks.fid.n={N}", "callbacks.fid.batch_size=16",
         f"callbacks.fid.cache_dir={tmp_path / 'cache'}",
         "+callbacks.dump_ema._target_=tests.app.helpers.DumpEMA",
+        "+callbacks.dump_samples._target_=tests.app.helpers.DumpSamples", f"+callbacks.dump_samples.n={N}",
         "logger=wandb", f"hydra.run.dir={run_dir}",
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0"}
@@ -55,11 +57,25 @@ def test_ddp_sim_fid_ema_and_grids(tmp_path):
     assert [r.name for r in records] == [f"step_{STEPS:07d}.json"]
     fid = json.loads(records[0].read_text())
     protocol = fid["protocol"]
-    assert protocol["world_size"] == 2
-    assert protocol["per_rank_counts"] == [N // 2, N // 2]
-    assert sum(protocol["per_rank_counts"]) == protocol["n_fake"] == protocol["n"] == N
+    assert protocol["world_size"] == 2 and protocol["n"] == N
     key = f"fid/digits/ddim2_eta1/n{N}"
     assert set(fid["scores"]) == {key, f"kid/digits/ddim2_eta1/n{N}"}
+    shares = [torch.load(run_dir / f"samples_rank{r}.pt") for r in (0, 1)]
+    assert [len(s) for s in shares] == [N // 2, N // 2]
+
+    # one process, the same checkpoint and protocol: identical samples, FID equal within 1e-6
+    import numpy as np
+
+    from difflab.sample import run as sample_run
+    from tests.app.test_sample import compose_sample
+
+    out = sample_run(compose_sample([f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"n={N}", "seed=0",
+                                     "batch_size=16", "metrics=[fid,kid]", f"cache_dir={tmp_path / 'cache1'}",
+                                     "device=cpu", "progress=false"], tmp_path / "one"))
+    one = torch.from_numpy(np.load(out["npz"])["images"]).permute(0, 3, 1, 2)
+    assert torch.equal(one, torch.cat(shares))
+    single = {r["key"]: r["value"] for r in out["metrics"]}
+    assert abs(single[key] - fid["scores"][key]) <= 1e-6 * abs(single[key])
 
     # (b) EMA weights: bit for bit equal on both ranks
     paths = [run_dir / f"ema_rank{r}.safetensors" for r in (0, 1)]
