@@ -81,7 +81,10 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def run(cfg: DictConfig) -> float | None:
     """Train one model; returns ``cfg.optimized_metric`` (for sweepers), or None if absent."""
     from difflab.utils.loggers import finish_loggers
+    from difflab.utils.sweeps import mark_finished, skip_finished_job
 
+    if (done := skip_finished_job(cfg)) is not None:  # a re-run sweep: this job finished before
+        return done.get("metric")
     # 1. validate everything that is cheap to validate, before anything heavy is built
     validate_config(cfg)
     scrub_run_dir(cfg.paths.output_dir, cfg)  # secrets out of the .hydra/*.yaml Hydra wrote
@@ -116,6 +119,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         save_final_checkpoint(trainer)
+        mark_finished(cfg, trainer)  # <run dir>/finished.yaml when the fit reached max_steps
     finally:
         finish_loggers(loggers, trainer)
 

@@ -1,7 +1,7 @@
 """Secrets under many key spellings, and token-shaped values under any key, stay out of every
 file a multirun writes (.hydra/*.yaml, multirun.yaml, checkpoints, the W&B run, logs) and out of
 the console, Hydra's ``#0 : ...`` launch lines included; hashes, run ids and ordinary keys stay
-readable."""
+readable. The same sweep, run again, skips its finished job and starts no W&B run for it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from difflab.utils.secrets import REDACTED, is_secret_key, redact, redact_text
+from difflab.utils.sweeps import finished_marker
 from tests.faults.conftest import ROOT, TINY, env, load_ckpt
 
 # key spellings -> a distinct value each (mixed case and digits: replaced wherever they appear)
@@ -92,11 +95,11 @@ def secret_multirun(tmp_path_factory):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
                           env={**env(), "WANDB_API_KEY": FAKE_WANDB_KEY})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return sweep_dir, proc
+    return sweep_dir, proc, cmd
 
 
 def test_no_secret_in_any_file_or_line_of_a_multirun(secret_multirun):
-    sweep_dir, proc = secret_multirun
+    sweep_dir, proc, _ = secret_multirun
     console = proc.stdout + proc.stderr
     assert "#0 : " in console and f"+db.pwd={REDACTED}" in console  # the launch line, redacted
     assert "<redacted>" in console.split("#0 : ", 1)[1]  # the config tree too
@@ -116,7 +119,7 @@ def test_no_secret_in_any_file_or_line_of_a_multirun(secret_multirun):
 
 
 def test_hashes_ids_and_ordinary_keys_stay_readable(secret_multirun):
-    sweep_dir, _ = secret_multirun
+    sweep_dir, _, _ = secret_multirun
     config = (sweep_dir / "0" / ".hydra" / "config.yaml").read_text()
     assert f"feature_hash: {FEATURE_HASH}" in config and f"run_id: {RUN_ID}" in config
     assert "max_tokens: 4096" in config and "tokenizer: bpe" in config and "author: ada" in config
@@ -127,3 +130,25 @@ def test_hashes_ids_and_ordinary_keys_stay_readable(secret_multirun):
     hparams = load_ckpt(sweep_dir / "0" / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"]
     assert hparams["probe"] == {"feature_hash": FEATURE_HASH, "run_id": RUN_ID, "max_tokens": 4096,
                                 "tokenizer": "bpe", "author": "ada"}
+
+
+def test_rerunning_the_sweep_skips_the_finished_job(secret_multirun):
+    """The job finished at max_steps (a marker in its run dir): the same command again skips
+    it, says so, and starts no W&B run (before, every re-run added an empty run to the group)."""
+    sweep_dir, _, cmd = secret_multirun
+    job = sweep_dir / "0"
+    marker = OmegaConf.load(finished_marker(job))
+    assert marker.global_step == 2 and "trainer.max_steps=2" in marker.overrides
+    assert f"+db.pwd={REDACTED}" in marker.overrides
+    run_id = (job / "wandb" / "run_id").read_text().strip()
+    assert marker.wandb_run_id == run_id
+    wandb_before = sorted(p.name for p in (job / "wandb").iterdir())
+    ckpt_mtime = (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
+                           env={**env(), "WANDB_API_KEY": FAKE_WANDB_KEY})
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "job 0: finished before at global step 2" in again.stdout and "skipping it" in again.stdout
+    assert "multirun: 1 jobs, 0 failed" in again.stdout
+    assert sorted(p.name for p in (job / "wandb").iterdir()) == wandb_before  # no new W&B run
+    assert "wandb sync" not in again.stdout
+    assert (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_mtime

@@ -1,6 +1,9 @@
-"""Log images to whichever loggers take them (W&B, TensorBoard); others are skipped."""
+"""Loggers: images and tables to whichever loggers take them (W&B, TensorBoard; others are
+skipped), the W&B logger (offline without credentials, one W&B run per run dir), closing."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
@@ -54,9 +57,51 @@ def make_wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> Wand
     from pathlib import Path
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if kwargs.get("id") is None and kwargs.get("version") is None and resolved != "disabled":
+        # a resumed run (same run dir) continues its W&B run: one unbroken history
+        kwargs["id"] = wandb_run_id(save_dir)
     logger = WandbLogger(save_dir=save_dir, offline=resolved == "offline", mode=resolved, **kwargs)
     _start_without_secret_args(logger)
     return logger
+
+
+WANDB_ID_FILE = "wandb/run_id"
+
+
+def wandb_run_id(save_dir: str | os.PathLike) -> str:
+    """The W&B run id of the run in ``save_dir`` (the run dir): read from
+    ``<save_dir>/wandb/run_id``, or made and written there by the first start.
+
+    W&B resumes a run given its id (WandbLogger passes ``resume="allow"``), so a run that
+    resumes in the same run dir (``resume=auto``, a re-run sweep job, a requeued SLURM job)
+    logs into the same W&B run. Processes other than global rank 0 only read the file (DDP
+    ranks start after rank 0 has built its loggers)."""
+    import secrets
+    import string
+    from pathlib import Path
+
+    path = Path(save_dir) / WANDB_ID_FILE
+    try:
+        stored = path.read_text().strip()
+    except OSError:
+        stored = ""
+    if stored and all(c.isalnum() or c in "-_" for c in stored):
+        return stored
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    if _global_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, path)
+    return run_id
+
+
+def _global_rank() -> int:
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(key)
+        if value and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _start_without_secret_args(logger: WandbLogger) -> None:

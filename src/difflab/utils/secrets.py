@@ -240,11 +240,14 @@ class ScrubSecrets(_HydraCallback):
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
         from difflab.utils.validation import scrub_run_dir
 
+        from omegaconf import OmegaConf
+
         try:
             output_dir = config.hydra.runtime.output_dir
+            raw = OmegaConf.to_container(config, resolve=False)
         except Exception:  # pragma: no cover - not a Hydra job config
             return
-        task = {k: v for k, v in config.items() if k != "hydra"} if hasattr(config, "items") else None
+        task = {k: v for k, v in raw.items() if k != "hydra"} if isinstance(raw, dict) else None
         scrub_run_dir(output_dir, _plain(task))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

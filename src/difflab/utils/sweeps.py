@@ -3,6 +3,9 @@
 - ``wandb_identity()``: the W&B name, group and extra config of the current Hydra job. The
   name is the job's overrides (``objective=v,schedule=linear``); all jobs of one multirun
   share a group named after the sweep dir (``train-2025-01-31_12-00-00``).
+- ``mark_finished`` / ``skip_finished_job``: a job whose fit ended normally at ``max_steps``
+  leaves ``<run dir>/finished.yaml``; re-running the sweep in the same sweep dir skips it
+  (no new W&B run) and resumes the others.
 - ``run_job(fn, cfg, script)``: what ``train.py`` calls. In a multirun a job that fails is
   written to ``<sweep dir>/failures/job_<num>.yaml`` and returns NaN, so the other jobs
   still run (Hydra's basic launcher would stop the sweep); the process-wide state a DDP job
@@ -29,6 +32,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 FAILURES_DIR = "failures"
+FINISHED_MARKER = "finished.yaml"
 # environment variables Lightning's DDP launcher sets in the main process; a later job in
 # the same process would read LOCAL_RANK as "launched externally" and never start its ranks
 DDP_ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -84,6 +88,101 @@ def wandb_identity() -> dict[str, Any]:
         out["group"] = group
         out["config"]["sweep"] = {"dir": str(hc.sweep.dir), "group": group, "job_num": int(hc.job.num)}
     return out
+
+
+# --------------------------------------------------------------------------- finished jobs
+def finished_marker(run_dir: str | os.PathLike) -> Path:
+    """``<run dir>/finished.yaml``: written when a fit ended normally at ``max_steps``."""
+    return Path(str(run_dir)) / FINISHED_MARKER
+
+
+def _job_overrides() -> list[str] | None:
+    """This job's command-line overrides, secrets redacted (None outside Hydra)."""
+    hc = hydra_config()
+    if hc is None:
+        return None
+    from difflab.utils.validation import redact_overrides
+
+    return redact_overrides([str(o) for o in hc.overrides.task])
+
+
+def mark_finished(cfg: Any, trainer: Any) -> Path | None:
+    """After ``trainer.fit``: write the finished marker if the fit ended normally at its end.
+
+    "Normally" means Lightning's status is ``finished`` and the step (or epoch) budget was
+    reached; a run stopped by a signal (the Preemption callback), by an error or by Ctrl-C
+    gets no marker, so a re-run sweep resumes it. The marker holds the global step, this
+    job's overrides (secrets redacted), the optimized metric and the W&B run id, if any.
+    Written by global rank 0 only. Returns the marker's path, or None when none was written.
+    """
+    from omegaconf import OmegaConf
+
+    if not getattr(trainer, "is_global_zero", True) or str(getattr(trainer.state, "status", "")) not in (
+        "finished", "TrainerStatus.FINISHED"
+    ):
+        return None
+    if any(getattr(c, "saved_path", None) is not None for c in getattr(trainer, "callbacks", [])):
+        return None  # preempted: the fit loop ended early on a signal
+    max_steps = int(getattr(trainer, "max_steps", -1) or -1)
+    if max_steps > 0:
+        if trainer.global_step < max_steps:
+            return None
+    elif trainer.max_epochs is None or trainer.max_epochs < 0 or trainer.current_epoch < trainer.max_epochs:
+        return None
+    key = str(cfg.get("optimized_metric") or "")
+    metric = trainer.callback_metrics.get(key) if key else None
+    wandb_id = None
+    for logger in getattr(trainer, "loggers", []) or []:
+        run = getattr(logger, "_experiment", None)
+        wandb_id = wandb_id or (getattr(run, "id", None) if run is not None else None)
+    record = {
+        "global_step": int(trainer.global_step),
+        "max_steps": max_steps,
+        "overrides": _job_overrides(),
+        "optimized_metric": key or None,
+        "metric": float(metric) if metric is not None else None,
+        "wandb_run_id": wandb_id,
+    }
+    path = finished_marker(cfg.paths.output_dir)
+    tmp = path.with_name(f".{path.name}.tmp")
+    OmegaConf.save(OmegaConf.create(record), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def skip_finished_job(cfg: Any) -> dict[str, Any] | None:
+    """In a multirun, the finished marker of this job when it matches this job; else None.
+
+    A re-run sweep (the same command with ``hydra.sweep.dir=<that sweep dir>``) then skips
+    the jobs that finished (same overrides, ``max_steps`` reached) and says so, instead of
+    resuming them and adding an empty W&B run; unfinished jobs resume from ``last.ckpt``.
+    ``resume=never`` or ``ckpt_path`` runs the job again. The caller returns the stored
+    ``metric``, so a sweeper still sees the job's result.
+    """
+    from omegaconf import OmegaConf
+
+    if not is_multirun() or cfg.get("ckpt_path") or str(cfg.get("resume", "auto")).lower() != "auto":
+        return None
+    path = finished_marker(cfg.paths.output_dir)
+    if not path.is_file():
+        return None
+    try:
+        record = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # an unreadable marker: run the job
+        return None
+    max_steps = int(OmegaConf.select(cfg, "trainer.max_steps", default=-1) or -1)
+    if not isinstance(record, dict) or record.get("overrides") != _job_overrides():
+        return None
+    if max_steps > 0 and int(record.get("global_step") or 0) < max_steps:
+        return None  # the job now asks for more steps: resume it
+    hc = hydra_config()
+    metric = record.get("metric")
+    print(
+        f"job {hc.job.num if hc is not None else '?'}: finished before at global step {record.get('global_step')} "
+        f"({record.get('optimized_metric')}={metric}); skipping it ({path}; resume=never runs it again)",
+        flush=True,
+    )
+    return record
 
 
 # --------------------------------------------------------------------------- one job of many
