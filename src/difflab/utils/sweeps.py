@@ -123,6 +123,8 @@ def mark_finished(cfg: Any, trainer: Any) -> Path | None:
         return None
     if any(getattr(c, "saved_path", None) is not None for c in getattr(trainer, "callbacks", [])):
         return None  # preempted: the fit loop ended early on a signal
+    if getattr(trainer, "fast_dev_run", False):
+        return None  # debug=fdr writes nothing that lasts
     max_steps = int(getattr(trainer, "max_steps", -1) or -1)
     if max_steps > 0:
         if trainer.global_step < max_steps:
