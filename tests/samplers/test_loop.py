@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers import DDIMSampler, DDPMSampler, Trajectory, generate
+from difflab.samplers import DDIMSampler, DDPMSampler, HeunSampler, Trajectory, generate
 
 
 class TinyNet(nn.Module):
@@ -101,3 +101,22 @@ def test_bad_inputs(process) -> None:
         generate(net, process, DDIMSampler(num_steps=101), (1, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps")
     with pytest.raises(ValueError, match="sampler"):
         generate(net, process, "ddim", (1, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps")  # type: ignore[arg-type]
+
+
+def test_fractional_timesteps_and_several_calls_per_step(process) -> None:
+    net = TinyNet()
+    sampler = HeunSampler(num_steps=3, use_karras_sigmas=True)
+    steps = []
+    x, traj = generate(
+        net, process, sampler, (2, 1, 4, 4), torch.Generator().manual_seed(0), return_trajectory=True,
+        progress=False, prediction_type="eps", on_step=lambda i, n: steps.append((i, n)),
+    )
+    assert steps == [(0, 3), (1, 3), (2, 3)]
+    assert traj.timesteps.dtype == torch.float64 and traj.timesteps.shape == (3,)
+    assert len(traj.x_t) == 4 and len(traj.pred_x0) == 3
+    # Heun: t_0, then the correction at t_1; t_1, correction at t_2; t_2 (the last step is Euler)
+    t = traj.timesteps.float().tolist()
+    assert len(net.calls) == traj.nfe == sampler.nfe(100) == 5
+    assert [c[0][0].item() for c in net.calls] == pytest.approx([t[0], t[1], t[1], t[2], t[2]])
+    assert all(c[0].dtype == torch.float32 and c[0].shape == (2,) for c in net.calls)
+    assert t[2] == 0 < t[1] < t[0] == 99 and t[1] != round(t[1])  # fractional: the timesteps of Karras sigmas
