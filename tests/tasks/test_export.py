@@ -42,6 +42,15 @@ DDIM_ETA1 = ["sampler=ddim_eta1", "sampler.num_steps=10"]
 DDPM = ["sampler=ddpm", "sampler.num_steps=10"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest, and on a busy machine several threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_checkpoint(
     path: Path, overrides: list[str], backbone: list[str] = UNET, ema: bool = True, seed: int = 0
 ) -> Path:
