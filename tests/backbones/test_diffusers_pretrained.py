@@ -138,3 +138,27 @@ def test_import_difflab_exposes_the_names_diffusers_looks_up():
     assert getattr(difflab, "PreTrainedModel", None) is None
     with pytest.raises(AttributeError):
         difflab.nothing_here  # noqa: B018
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=8,
+                                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))])
+def test_pretrained_backbone_kwargs_rebuild_the_architecture_without_the_folder(tmp_path, kw):
+    from difflab.backbones.diffusers_unet import pretrained_backbone_kwargs
+
+    unet = tiny_unet(**kw)
+    pipeline_folder(tmp_path / "p", unet)
+    loaded = DiffusersUNet(pretrained=str(tmp_path / "p")).eval()
+    kwargs = pretrained_backbone_kwargs(tmp_path / "p")
+    assert all(not isinstance(v, tuple) for v in kwargs.values())  # plain lists: fit a stored config
+    rebuilt = DiffusersUNet(**kwargs).eval()
+    shapes = {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in loaded.state_dict().items()}
+    rebuilt.load_state_dict(loaded.state_dict())
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([5, 500])
+    torch.testing.assert_close(rebuilt(x, t), loaded(x, t), rtol=0, atol=0)
+
+    tiny_unet(num_class_embeds=4).save_pretrained(str(tmp_path / "cond"))
+    cond = pretrained_backbone_kwargs(tmp_path / "cond", num_classes=3)
+    assert cond["num_classes"] == 3 and "num_class_embeds" not in cond
+    assert DiffusersUNet(**cond).unet.config.num_class_embeds == 4

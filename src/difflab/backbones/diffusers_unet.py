@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from difflab.backbones.unet import expand_timesteps
 
-__all__ = ["DiffusersUNet", "load_pretrained_unet", "resolve_pretrained"]
+__all__ = ["DiffusersUNet", "load_pretrained_unet", "pretrained_backbone_kwargs", "resolve_pretrained"]
 
 _LAYOUT = (
     "give a UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors) or a pipeline "
@@ -71,6 +71,34 @@ def load_pretrained_unet(folder: str | Path) -> UNet2DModel:
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         message = " ".join(str(e).split())[:300]
         raise ValueError(f"pretrained={folder}: the UNet2DModel in {unet_dir} cannot be loaded ({message})") from None
+
+
+def pretrained_backbone_kwargs(folder: str | Path, num_classes: int | None = None) -> dict[str, Any]:
+    """``DiffusersUNet`` arguments that build the architecture of a pretrained folder without it.
+
+    Every ``UNet2DModel`` argument, from the folder's ``config.json`` or diffusers' default
+    (the weights are not read): ``DiffusersUNet(**kwargs)`` has the state-dict keys and shapes of
+    ``DiffusersUNet(pretrained=folder)``. A run that stores these in its backbone config (and
+    drops ``pretrained``) can be rebuilt from its checkpoint once the folder is gone. With
+    ``num_classes`` the class embedding follows the difflab convention (``num_classes + 1`` rows).
+    """
+    import inspect
+
+    unet_dir, _ = resolve_pretrained(folder)
+    try:
+        config = UNet2DModel.load_config(str(unet_dir), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"pretrained={folder}: {unet_dir / 'config.json'} cannot be read ({e})") from None
+    kwargs: dict[str, Any] = {}
+    for name, param in inspect.signature(UNet2DModel.__init__).parameters.items():
+        if name == "self":
+            continue
+        value = config.get(name, param.default)
+        kwargs[name] = list(value) if isinstance(value, tuple) else value
+    if num_classes is not None:
+        kwargs.pop("num_class_embeds", None)
+        kwargs["num_classes"] = num_classes
+    return kwargs
 
 
 class DiffusersUNet(nn.Module):
