@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from difflab.callbacks.base import PeriodicImageCallback, evaluation_backbone, image_shape_of
-from difflab.samplers import generate
-from difflab.utils.images import make_grid_uint8, scatter_plot, to_uint8
+from difflab.evaluation import draw
+from difflab.utils.images import make_grid_uint8, scatter_plot
 
 
 class SampleGrid(PeriodicImageCallback):
@@ -59,35 +59,22 @@ class SampleGrid(PeriodicImageCallback):
     @torch.no_grad()
     def sample(self, pl_module: L.LightningModule) -> torch.Tensor:
         """uint8 images (N, C, H, W) from the fixed seeds."""
-        shape = image_shape_of(pl_module, "SampleGrid")
-        with evaluation_backbone(pl_module) as model:
-            x = generate(
-                model,
-                pl_module.process,
-                self.sampler or pl_module.sampler,
-                (self.num_samples, *shape),
-                torch.Generator().manual_seed(self.seed),
-                progress=False,
-                prediction_type=pl_module.objective.target,
-                device=pl_module.device,
-            )
-        return to_uint8(x).cpu()
+        return self._draw(pl_module, self.num_samples, image_shape_of(pl_module, "SampleGrid"))
 
     @torch.no_grad()
     def sample_points(self, pl_module: L.LightningModule) -> torch.Tensor:
         """``num_points`` samples (N, D) of point data, from the fixed seed, on the CPU."""
+        return self._draw(pl_module, self.num_points, tuple(pl_module.image_shape))
+
+    def _draw(self, pl_module: L.LightningModule, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """The first n samples of the evaluation protocol at ``seed`` (what sample.py draws at
+        that seed): uint8 images, float points; a bar of denoising steps on rank 0."""
+        trainer = getattr(pl_module, "_trainer", None)
+        show = "sample grid" if trainer is None or trainer.is_global_zero else False
         with evaluation_backbone(pl_module) as model:
-            x = generate(
-                model,
-                pl_module.process,
-                self.sampler or pl_module.sampler,
-                (self.num_points, *pl_module.image_shape),
-                torch.Generator().manual_seed(self.seed),
-                progress=False,
-                prediction_type=pl_module.objective.target,
-                device=pl_module.device,
-            )
-        return x.float().cpu()
+            ((_, x),) = draw(model, pl_module.process, self.sampler or pl_module.sampler, pl_module.objective.target,
+                             shape, n, self.seed, n, pl_module.device, batches=[0], progress=show)
+        return x
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:
         shape = getattr(pl_module, "image_shape", None)

@@ -90,7 +90,7 @@ class DenoisingTrajectory(PeriodicImageCallback):
                 (self.num_seeds, *shape),
                 torch.Generator().manual_seed(self.seed),
                 return_trajectory=True,
-                progress=False,
+                progress=getattr(getattr(pl_module, "_trainer", None), "is_global_zero", True),
                 prediction_type=pl_module.objective.target,
                 device=pl_module.device,
             )
