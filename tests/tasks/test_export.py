@@ -117,7 +117,7 @@ def test_folder_layout_scheduler_config_and_model_card(tmp_path):
     assert sched["rescale_betas_zero_snr"] is False
 
     card = (out / "README.md").read_text()
-    assert "library_name: diffusers" in card and "import difflab" in card
+    assert "library_name: diffusers" in card and "import difflab" in card and "# difflab diffusion model: MNIST5k" in card
     assert "num_inference_steps=10, eta=1.0" in card  # the run's sampler: the pipeline's eta defaults to 0
     assert "| val/loss (last) | 0.25 |" in card and "| val/loss (best) | 0.125 |" in card
     assert "## Training config" in card and "num_timesteps: 100" in card
@@ -180,6 +180,17 @@ def test_reexport_replaces_the_folder_and_a_foreign_folder_is_refused(tmp_path):
     (foreign / "data.bin").write_bytes(b"x")
     with pytest.raises(ConfigError, match="non-empty folder that holds no exported pipeline"):
         export_pipeline(ckpt, foreign)
+
+
+def test_exports_from_an_exported_safetensors_file(tmp_path):
+    from difflab.utils.checkpoint import export_safetensors
+
+    ckpt = make_checkpoint(tmp_path / "run.ckpt", DDIM)
+    weights = export_safetensors(ckpt, tmp_path / "model.safetensors", use_ema=False)
+    out = export_pipeline(weights, tmp_path / "out")
+    raw = load_model(ckpt, use_ema=False).backbone.state_dict()
+    assert all(torch.equal(unet_state(out)[k], raw[k]) for k in raw)
+    assert "The checkpoint stores no metrics." in (out / "README.md").read_text()
 
 
 def test_last_metrics_reads_model_checkpoint_state():

@@ -137,6 +137,12 @@ def _call_args(model: LoadedModel, kind: str) -> dict[str, Any]:
     return args
 
 
+def _data_name(config: dict[str, Any]) -> str:
+    data = config.get("data") or {}
+    name = str(data.get("name") or data.get("_target_", "unknown data").rsplit(".", 1)[-1])
+    return name.removesuffix("DataModule") or name
+
+
 def model_card(
     model: LoadedModel, kind: str, metrics: dict[str, float], notes: list[str], checkpoint: str
 ) -> str:
@@ -160,7 +166,7 @@ def model_card(
         "- unconditional-image-generation",
         "---",
         "",
-        f"# difflab {model.config.get('data', {}).get('_target_', 'model').rsplit('.', 1)[-1]} diffusion model",
+        f"# difflab diffusion model: {_data_name(model.config)}",
         "",
         f"Exported from `{checkpoint}` (step {model.global_step}) with difflab's `export.py`: "
         f"{'EMA' if model.used_ema else 'raw (non-EMA)'} weights, {c}x{h}x{w} images in [-1, 1], "
