@@ -310,6 +310,19 @@ def test_settings_key_and_result_fields(process):
     assert settings_key({**s, "divergence": "exact", "rtol": 1e-3, "dequantize": False}) == (
         "ode_dopri5_rtol1e-3_atol1e-5_exact_nodeq"
     )
+    custom = bits_per_dim(lambda x, t: (1 - _abar(process, t)).sqrt() * x, process, "eps",
+                          torch.zeros(1, 2, dtype=torch.uint8), t_start=0.5, t_end=900, rtol=1e-3, atol=1e-3)
+    assert custom["key"] == "ode_dopri5_rtol1e-3_atol1e-3_exact_t0.5-900"
+
+
+def test_runs_under_inference_mode(process):
+    """sample.py scores under torch.inference_mode(); the divergence still gets its gradients."""
+    x = torch.randint(0, 256, (2, 3), dtype=torch.uint8)
+    kw = dict(rtol=1e-4, atol=1e-4)
+    expected = bits_per_dim(lambda x, t: (1 - _abar(process, t)).sqrt() * x, process, "eps", x, **kw)
+    with torch.inference_mode():
+        got = bits_per_dim(lambda x, t: (1 - _abar(process, t)).sqrt() * x, process, "eps", x, **kw)
+    torch.testing.assert_close(got["bpd"], expected["bpd"], rtol=0, atol=0)
 
 
 def test_bad_input_says_what_to_do(process):

@@ -26,17 +26,18 @@ values alpha-bar_0 > ... > alpha-bar_{T-1}. The continuous view used here:
   sinusoidal embedding of float t, :func:`difflab.backbones.unet.timestep_embedding`; diffusers'
   UNet2DModel does the same). Between integer steps this asks the network for times it never
   saw in training; the embedding is smooth, and the error is that of the interpolation;
-- the ODE is integrated in lambda rather than in s. For x_lambda = alpha x_0 + sigma eps, the
-  drift f = d log alpha / d lambda = sigma^2 / 2 and the diffusion g^2 = -sigma^2 (Kingma et al.
-  2021, eq. 27 with lambda as time) make the probability-flow drift
-  dx/dlambda = f x - g^2 / 2 * score with score = -eps-hat / sigma, i.e.
+- the ODE is integrated in lambda rather than in s. For x_lambda = alpha x_0 + sigma eps the
+  SDE's drift and diffusion are f = d log alpha / d lambda and g^2 = d sigma^2 / d lambda -
+  2 f sigma^2 (Lu et al. 2022, arXiv:2206.00927, sec. 2.1, with lambda as the time); with
+  alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) they are f = sigma^2 / 2 and
+  g^2 = -sigma^2 (negative: lambda falls as noise is added), and the probability-flow drift
+  f x - g^2 / 2 * score with score = -eps-hat / sigma (Song et al. 2021, eq. 13) is
 
-      dx/dlambda = (sigma^2 x - sigma eps-hat(x, s(lambda))) / 2,
+      dx/dlambda = (sigma^2 x - sigma eps-hat(x, s(lambda))) / 2
 
-  which is Song et al.'s eq. 13 in another time variable (the likelihood does not depend on the
-  time variable). In s the drift would carry d lambda / ds, which jumps at every integer step
-  under a piecewise-linear lambda(s); in lambda it is bounded and continuous, which suits an
-  adaptive solver. The model output is turned into eps-hat with the continuous alpha(s),
+  (the likelihood does not depend on the time variable). In s the drift would carry
+  d lambda / ds, which jumps at every integer step under a piecewise-linear lambda(s); in
+  lambda it is bounded and continuous, which suits an adaptive solver. The model output is turned into eps-hat with the continuous alpha(s),
   sigma(s) (eps: itself; x0: (x - alpha x0) / sigma; v: alpha v + sigma x, Salimans & Ho 2022,
   arXiv:2202.00512, appendix D): ``GaussianDiffusion.split_prediction`` takes integer t only.
 
@@ -58,13 +59,16 @@ Bits per dimension and dequantisation
 -------------------------------------
 8-bit data x_int in {0, ..., 255} is dequantised with uniform noise u ~ U[0, 1)^D as
 x = (x_int + u) / 256 * 2 - 1 (Song et al.'s ``likelihood.py``: ``(data * 255 + u) / 256``,
-then scaled to [-1, 1]; Ho et al. 2020, arXiv:2006.11239, sec. 4.2 use the same bins). Each
-bin has width 2/256 in [-1, 1], so by Jensen's inequality log P(x_int) >= E_u[log p(x)] +
-D log(2/256) (Theis et al. 2016, arXiv:1511.01844, sec. 3.1), and
+then scaled to [-1, 1]). Each bin has width 2/256 in [-1, 1], so by Jensen's inequality
+log P(x_int) >= E_u[log p(x)] + D log(2/256) (Theis et al. 2016, arXiv:1511.01844), and
 
     bpd = -log p(x) / (D ln 2) - log2(2 / 256) = -log p(x) / (D ln 2) + 7,
 
-Song et al.'s ``offset = 7 - inverse_scaler(-1)`` for data centred on [-1, 1]. The noise is
+Song et al.'s ``offset = 7 - inverse_scaler(-1)`` for data centred on [-1, 1]. As in their code
+the model was trained on the levels x_int / 127.5 - 1 (spacing 2/255) while the bins have width
+2/256: the dequantised data are the training data shrunk by 255/256 plus noise. (Ho et al.
+2020, arXiv:2006.11239, sec. 3.3, score a discretised decoder on bins centred on the levels
+instead; the two figures are close but not the same quantity.) The noise is
 drawn per sample from ``dequantize_seed`` and the sample's index, the Hutchinson probes from
 ``hutchinson_seed`` and the index (independent streams), so a figure does not depend on the
 batch size or on how the samples are split across processes (pass ``indices``).
@@ -243,10 +247,13 @@ def settings_key(settings: dict[str, Any]) -> str:
     """A metric-key fragment naming the solver settings, e.g. ``ode_dopri5_rtol1e-5_atol1e-5_hutch``.
 
     ``exact`` divergence gives ``_exact``, Hutchinson with a Rademacher probe ``_hutch`` and with
-    a Gaussian probe ``_hutchgauss``; ``_nodeq`` marks a figure without dequantisation.
+    a Gaussian probe ``_hutchgauss``; ``_t{start}-{end}`` marks endpoints other than the
+    default ones and ``_nodeq`` a figure without dequantisation.
     """
     div = {"exact": "exact", "rademacher": "hutch", "gaussian": "hutchgauss"}[settings["divergence"]]
     key = f"ode_{settings['method']}_rtol{_format_tol(settings['rtol'])}_atol{_format_tol(settings['atol'])}_{div}"
+    if settings.get("endpoints", "default") != "default":
+        key = f"{key}_t{settings['t_start']:g}-{settings['t_end']:g}"
     return key if settings.get("dequantize", True) else f"{key}_nodeq"
 
 
@@ -376,8 +383,11 @@ def log_likelihood(
         # that ends exactly at t_end keeps every evaluation inside the schedule's range.
         options.setdefault("step_t", lams[-1:])
     try:
-        with torch.no_grad():
-            xs, deltas = odeint(func, (x_start, delta0), lams, rtol=rtol, atol=atol, method=method, options=options)
+        # The divergence needs autograd, also when the caller samples under inference_mode:
+        # leave it and work on a normal copy of the data (an inference tensor cannot require grad).
+        with torch.inference_mode(False), torch.no_grad():
+            xs, deltas = odeint(func, (x_start.clone(), delta0.clone()), lams.clone(), rtol=rtol, atol=atol,
+                                method=method, options=options)
     finally:
         if isinstance(model, nn.Module):
             model.train(was_training)
@@ -500,6 +510,7 @@ def bits_per_dim(
         "dequantize_seed": dequantize_seed if dequantize else None,
         "t_start": float(t_start),
         "t_end": t_end_value,
+        "endpoints": "default" if t_start == 0 and t_end is None else "custom",
         "time": "log-SNR linear between integer timesteps",
         "prior": "N(0, I)",
     }
