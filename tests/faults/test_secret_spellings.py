@@ -152,3 +152,27 @@ def test_rerunning_the_sweep_skips_the_finished_job(secret_multirun):
     assert sorted(p.name for p in (job / "wandb").iterdir()) == wandb_before  # no new W&B run
     assert "wandb sync" not in again.stdout
     assert (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_mtime
+
+
+def test_log_redaction_survives_logging_reconfiguration():
+    """Hydra re-configures logging (dictConfig) before its launch lines and for every job, and
+    hydra/job_logging may be swapped: the redaction must not hang on a handler."""
+    import io
+    import logging
+    import logging.config
+
+    from difflab.utils.secrets import install_log_redaction
+
+    previous = logging.getLogRecordFactory()
+    stream = io.StringIO()
+    try:
+        install_log_redaction()
+        install_log_redaction()  # idempotent
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
+                                   "handlers": {"s": {"class": "logging.StreamHandler", "stream": stream}},
+                                   "loggers": {"probe.launcher": {"handlers": ["s"], "level": "INFO"}}})
+        logging.getLogger("probe.launcher").info("\t#%d : %s", 0, "+db.pwd=Hunter2xyz notes=ghp_" + "a" * 36)
+    finally:
+        logging.setLogRecordFactory(previous)
+        logging.getLogger("probe.launcher").handlers.clear()
+    assert stream.getvalue() == f"\t#0 : +db.pwd={REDACTED} notes={REDACTED}\n"

@@ -16,7 +16,7 @@ printed tree, ``.hydra/*.yaml``, ``multirun.yaml``, checkpoints, W&B, log lines)
   key is known by its value (``WANDB_API_KEY``).
 
 Values that are interpolations (``${oc.env:MY_TOKEN}``) are kept: they hold no secret.
-This module imports only the standard library: Hydra's logging config loads it for every run.
+This module imports only the standard library at import time: Hydra loads it for every run.
 """
 
 from __future__ import annotations
@@ -202,23 +202,37 @@ def override_secret_values(overrides: list[str]) -> list[str]:
     return [v for v in found if worth_scrubbing(v)]
 
 
-class RedactSecrets(logging.Filter):
-    """A logging filter that redacts each record's message (see :func:`redact_text`).
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record is logging's problem, not ours
+        return
+    redacted = redact_text(message)
+    if redacted != message:
+        record.msg, record.args = redacted, ()
 
-    Installed on the console and file handlers by ``conf/hydra/default.yaml``
-    (``hydra_logging`` and ``job_logging``), so that Hydra's launch lines
-    (``#0 : +db.pwd=... schedule=cosine``) and the job's log never show a secret.
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is made (see :func:`redact_text`).
+
+    A record factory rather than a handler filter: Hydra re-configures logging from
+    ``hydra.hydra_logging`` / ``hydra.job_logging`` (with ``dictConfig``, which replaces the
+    handlers and their filters) before it logs the launch lines ``#0 : +db.pwd=... ...`` and
+    again for every job, and any of those configs may be swapped (``hydra/job_logging=stdout``).
+    The factory stays through all of it and covers the console and ``<job name>.log`` alike.
+    Idempotent.
     """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_difflab_redacts", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record is logging's problem, not ours
-            return True
-        redacted = redact_text(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    factory._difflab_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 try:
@@ -228,17 +242,27 @@ except ImportError:  # pragma: no cover
 
 
 class ScrubSecrets(_HydraCallback):
-    """A Hydra callback (conf/hydra/default.yaml): redact secrets in the files Hydra writes.
+    """A Hydra callback (conf/hydra/default.yaml): redact secrets in the log lines and in the
+    files Hydra writes.
 
-    Hydra saves ``<run dir>/.hydra/{config,hydra,overrides}.yaml`` with every override as
+    ``on_run_start`` / ``on_multirun_start`` install :func:`install_log_redaction` before Hydra
+    logs anything of the job (the launch lines come later, from the launcher). Hydra saves ``<run dir>/.hydra/{config,hydra,overrides}.yaml`` with every override as
     typed just before the job starts, and a multirun's ``<sweep dir>/multirun.yaml`` before
     its first job; ``on_job_start`` runs after both and before the job's own code, so a job
     that stops on a config error leaves no secret behind either. ``on_multirun_end`` scrubs
     ``multirun.yaml`` once more (a sweeper may rewrite it).
     """
 
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        install_log_redaction()
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        install_log_redaction()
+
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
         from difflab.utils.validation import scrub_run_dir
+
+        install_log_redaction()  # a launcher that runs jobs in fresh processes (submitit, joblib)
 
         from omegaconf import OmegaConf
 
