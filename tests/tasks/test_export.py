@@ -318,6 +318,20 @@ def test_latent_or_conditional_model_fails_in_one_line(tmp_path, key):
     assert "\n" not in str(e.value)
 
 
+def test_a_none_option_is_not_a_latent_or_conditional_model(tmp_path):
+    path = make_checkpoint(tmp_path / "run.ckpt", DDIM)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["config"]["first_stage"] = {"_target_": "difflab.first_stage.Identity", "name": "none"}
+    torch.save(ckpt, path)
+    assert (export_pipeline(path, tmp_path / "out") / "model_index.json").is_file()
+
+
+def test_a_unet_with_extra_input_channels_fails_in_one_line(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "run.ckpt", [*DDIM, "backbone.in_channels=2", "+backbone.out_channels=1"])
+    with pytest.raises(ConfigError, match="maps 2 to 1 channels but samples have 1"):
+        export_pipeline(ckpt, tmp_path / "out")
+
+
 def test_class_conditional_backbone_fails_in_one_line(tmp_path):
     ckpt = make_checkpoint(tmp_path / "run.ckpt", [*DDIM, "+backbone.num_classes=3"])
     with pytest.raises(ConfigError, match="class-conditional"):

@@ -21,6 +21,7 @@ that is not a UNet, fails with one line.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -65,7 +66,8 @@ def _check_exportable(model: LoadedModel) -> None:
     config = model.config
     for key, what in (("first_stage", "a latent model (first_stage)"), ("conditioning", "a conditional model")):
         node = config.get(key)
-        if isinstance(node, dict) and node.get("_target_"):
+        label = f"{node.get('_target_', '')} {node.get('name', '')}" if isinstance(node, dict) else ""
+        if isinstance(node, dict) and node.get("_target_") and not re.search(r"\bnone\b|identity|NoConditioning", label, re.I):
             raise ConfigError(
                 f"{model.source} is {what}: DDPMPipeline/DDIMPipeline sample an unconditional UNet in pixel space "
                 f"and cannot run it; export the weights with difflab.utils.checkpoint.export_safetensors instead"
@@ -78,6 +80,14 @@ def _check_exportable(model: LoadedModel) -> None:
         )
     if len(model.image_shape) != 3:
         raise ConfigError(f"{model.source}: image shape {model.image_shape} is not (C, H, W); only image models export")
+    channels = model.image_shape[0]
+    unet_channels = (backbone.in_channels, backbone.out_channels if isinstance(backbone, UNet)
+                     else backbone.unet.config.out_channels)
+    if unet_channels != (channels, channels):
+        raise ConfigError(
+            f"{model.source}: the backbone maps {unet_channels[0]} to {unet_channels[1]} channels but samples have "
+            f"{channels} (a conditioned input?); the pipelines need a UNet from {channels} to {channels} channels"
+        )
     if getattr(backbone, "num_classes", None) is not None or (
         isinstance(backbone, DiffusersUNet) and backbone.unet.config.num_class_embeds is not None
     ):
