@@ -528,10 +528,16 @@ def bits_per_dim(
     }
 
 
-def _is_adaptive(method: str) -> bool:
-    from torchdiffeq._impl.odeint import SOLVERS
-    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+#: torchdiffeq's adaptive Runge-Kutta methods (used if its solver table cannot be read).
+_ADAPTIVE = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "fehlberg2")
 
+
+def _is_adaptive(method: str) -> bool:
+    try:  # torchdiffeq's own table (a private module; it has held it since 0.2)
+        from torchdiffeq._impl.odeint import SOLVERS
+        from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+    except ImportError:
+        return method in _ADAPTIVE
     if method not in SOLVERS:
         raise ValueError(f"unknown ODE method {method!r}; choose one of {sorted(SOLVERS)}")
     return issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver)
