@@ -82,6 +82,8 @@ def test_values_by_shape_and_no_false_positives():
     assert redact_text("override_dirname: a=1,db.pwd=x1y2,b=2", []) == f"override_dirname: a=1,db.pwd={REDACTED},b=2"
     assert redact_text("+db.pwd=one1,two2 seed=0", []) == f"+db.pwd={REDACTED} seed=0"
     assert redact_text("token=${oc.env:MY_TOKEN}", []) == "token=${oc.env:MY_TOKEN}"  # no secret in it
+    assert redact_text("use_auth: true\nsession: null\n", []) == "use_auth: true\nsession: null\n"
+    assert redact({"use_auth": True, "session": None}) == {"use_auth": True, "session": None}
 
 
 @pytest.fixture(scope="module")

@@ -104,8 +104,9 @@ def env_secrets() -> list[str]:
 
 
 def _is_interpolation(value: str) -> bool:
+    """Values kept next to a secret key: interpolations, booleans and nulls hold no secret."""
     v = value.strip("\"'")
-    return v.startswith("${") or v == REDACTED
+    return v.startswith("${") or v == REDACTED or v.lower() in ("", "true", "false", "null", "none", "~")
 
 
 def redact_text(text: str, values: list[str] | tuple[str, ...] = ()) -> str:
