@@ -7,10 +7,13 @@ For one network (the default small ``DiffusersUNet``: 28x28 greyscale, block_out
 - difflab's DDIM (``DDIMSampler``, eta=0, trailing spacing) through ``generate``, against the
   floor NFE x forward, and against diffusers' ``DDIMPipeline`` running the same
   ``UNet2DModel`` weights with a matching ``DDIMScheduler`` (same betas, steps and spacing);
-- difflab's DDPM (``DDPMSampler`` with the same number of steps): seconds per image and the
-  overhead over NFE x forward.
+- difflab's DDPM (``DDPMSampler`` with the same number of steps) and every other sampler of
+  ``difflab.samplers.SAMPLERS`` (DPM-Solver++ 2M and its SDE variant, UniPC, Euler, Euler
+  ancestral, and Heun with Karras sigmas, whose fractional timesteps and two network calls per
+  step go through the same loop) at the same NFE (Heun: the odd NFE 2k - 1 <= steps):
+  seconds per image and the overhead over NFE x forward (the goal: within 3%).
 
-Each repeat runs forward, difflab DDIM, DDIMPipeline, difflab DDPM in turn, so a change in
+Each repeat runs forward, difflab DDIM, DDIMPipeline, then the other samplers in turn, so a change in
 machine load hits all of them alike. Forward hooks on the shared ``UNet2DModel`` also time
 the network inside every run, which gives a second, load-robust overhead figure: the share of
 the wall time spent outside the network (the loop, the sampler step, the pipeline's glue). Both loops start from the same x_T (same seed), and the
@@ -34,7 +37,19 @@ from diffusers import DDIMPipeline, DDIMScheduler
 
 from difflab.backbones import DiffusersUNet, count_parameters
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers import DDIMSampler, DDPMSampler, generate, prev_timesteps
+from difflab.samplers import (
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    EulerAncestralSampler,
+    EulerSampler,
+    HeunSampler,
+    Sampler,
+    UniPCSampler,
+    generate,
+    prev_timesteps,
+)
 
 
 def cpu_model() -> str:
@@ -75,6 +90,19 @@ def main() -> None:
     process = GaussianDiffusion.from_schedule("linear", num_timesteps=1000)
     ddim = DDIMSampler(num_steps=steps, eta=0.0, spacing="trailing")
     ddpm = DDPMSampler(num_steps=steps)
+    # the other samplers at the same NFE (Heun: 2k - 1 <= steps), labelled by their metric-key part
+    others: list[Sampler] = [
+        ddpm,
+        DPMSolverSampler(num_steps=steps),
+        DPMSolverSampler(num_steps=steps, algorithm="sde-dpmsolver++"),
+        UniPCSampler(num_steps=steps),
+        EulerSampler(num_steps=steps),
+        EulerAncestralSampler(num_steps=steps),
+        HeunSampler(num_steps=max(1, (steps + 1) // 2), use_karras_sigmas=True),
+    ]
+    missing = set(SAMPLERS) - {s.name for s in others} - {"ddim"}
+    if missing:
+        raise RuntimeError(f"samplers missing from the benchmark: {sorted(missing)}")
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=1e-4,
@@ -111,8 +139,10 @@ def main() -> None:
     def ours_ddim() -> torch.Tensor:
         return generate(model, process, ddim, shape, torch.Generator().manual_seed(args.seed), progress=False, prediction_type="eps")
 
-    def ours_ddpm() -> torch.Tensor:
-        return generate(model, process, ddpm, shape, torch.Generator().manual_seed(args.seed), progress=False, prediction_type="eps")
+    def ours_run(sampler: Sampler) -> Callable[[], torch.Tensor]:
+        return lambda: generate(
+            model, process, sampler, shape, torch.Generator().manual_seed(args.seed), progress=False, prediction_type="eps"
+        )
 
     def diffusers_ddim() -> torch.Tensor:
         return pipeline(
@@ -138,13 +168,18 @@ def main() -> None:
 
     # Warm-up (allocator, oneDNN kernels), and the end-to-end difference.
     forward()
+    model(x, t.float())  # the fractional-timestep path (Karras sigmas) too
     a = (ours_ddim() / 2 + 0.5).clamp(0, 1)
     b = diffusers_ddim()
     max_diff = (a - b.reshape(a.shape)).abs().max().item()
 
-    times: dict[str, list[float]] = {"forward": [], "ddim": [], "pipeline": [], "ddpm": []}
-    outside: dict[str, list[float]] = {"ddim": [], "pipeline": [], "ddpm": []}
-    runs = {"ddim": ours_ddim, "pipeline": diffusers_ddim, "ddpm": ours_ddpm}
+    runs: dict[str, Callable[[], torch.Tensor]] = {"ddim": ours_ddim, "pipeline": diffusers_ddim}
+    nfe = {"ddim": steps, "pipeline": steps}
+    for sampler in others:
+        key = sampler.key_part(process.num_timesteps)
+        runs[key], nfe[key] = ours_run(sampler), sampler.nfe(process.num_timesteps)
+    times: dict[str, list[float]] = {"forward": [], **{k: [] for k in runs}}
+    outside: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
         times["forward"].extend(timed(forward) for _ in range(args.forward_repeats))
         for name, run in runs.items():
@@ -153,16 +188,16 @@ def main() -> None:
             times[name].append(wall)
             outside[name].append((wall - in_network[0]) / wall)
     med = {k: statistics.median(v) for k, v in times.items()}
-    floor = steps * med["forward"]
 
     def row(name: str, key: str) -> str:
         seconds = med[key]
         if key == "forward":
             return f"| {name} | 1 | {seconds:.3f} | {1000 * seconds / batch:.1f} | - | - | - |"
+        floor = nfe[key] * med["forward"]
         over = 100 * (seconds - floor) / floor
         share = 100 * statistics.median(outside[key])
         return (
-            f"| {name} | {steps} | {seconds:.3f} | {1000 * seconds / batch:.1f} | {floor:.2f} "
+            f"| {name} | {nfe[key]} | {seconds:.3f} | {1000 * seconds / batch:.1f} | {floor:.2f} "
             f"| {over:+.1f}% | {share:.2f}% |"
         )
 
@@ -180,7 +215,9 @@ def main() -> None:
     print(row("backbone forward (1 NFE)", "forward"))
     print(row("difflab DDIM (eta=0, trailing)", "ddim"))
     print(row("diffusers DDIMPipeline (same weights)", "pipeline"))
-    print(row("difflab DDPM (leading, strided)", "ddpm"))
+    for key in runs:
+        if key not in ("ddim", "pipeline"):
+            print(row(f"difflab `{key}`", key))
     print()
     print(f"difflab DDIM / DDIMPipeline wall-time ratio: {med['ddim'] / med['pipeline']:.3f}")
     print(f"DDIM step agreement (same x_t and eps, all {steps} steps): max |difference| {step_diff:.1e}")

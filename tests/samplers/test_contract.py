@@ -386,3 +386,17 @@ def test_threshold_sample_closed_form_2d() -> None:
     # s = max |x| per row, clamped to [1, 4]; x -> clip(x, -s, s) / s
     expected = np.array([[0.2, -0.4], [1.0, -0.5], [1.0, 0.0]])
     np.testing.assert_allclose(out, expected)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_a_sample_does_not_depend_on_its_batch(name: str, process) -> None:
+    # one generator per sample: row i depends on generator i only (see difflab.evaluation)
+    sampler = SAMPLERS[name](**CONFIGS[name])
+
+    def run(seeds: list[int]) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return generate(model, process, sampler, (len(seeds), 2, 3), gens, progress=False, prediction_type="v")
+
+    batch = run([5, 6, 7])
+    for i, seed in enumerate((5, 6, 7)):
+        torch.testing.assert_close(run([seed])[0], batch[i], rtol=1e-6, atol=1e-6)
