@@ -1,16 +1,17 @@
-"""Time and peak memory of scoring n samples with the digits features (FID + KID).
+"""Time and peak memory of scoring n samples with the digits features (FID + KID), on the
+evaluation path (torchmetrics states, difflab.evaluation.Evaluator).
 
     python benchmarks/fid.py            # n = 1k, 5k, 10k (+ one unstreamed row); a few minutes on 2 CPU cores
     python benchmarks/fid.py --quick    # n = 1k, 2k, KID on 20 subsets; under a minute
 
 Fake samples are real mnist5k/train digits resampled with replacement (uint8 (n, 1, 28, 28)):
 the cost measured is the feature network and the metrics, not a generator. The real side is
-the full train split (4500 digits), computed once and read from a temporary cache.
+min(n, 4500) train digits, computed once per n and read from a temporary cache.
 
 Each row runs in a fresh subprocess. "peak RSS delta" is the process's peak resident memory
 while scoring minus its resident memory just before (the fake images already in memory;
 Linux: VmHWM reset through /proc/self/clear_refs). With streaming (batches of 256) it stays
-flat in n apart from the (n, 128) float64 feature matrix and KID's subset kernels; the
+flat in n apart from KID's (n, 128) feature rows and its subset kernels; the
 ``batch=n`` row shows what a single unbatched pass would take instead.
 """
 
@@ -44,44 +45,62 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+class _Train:
+    """mnist5k/train as the data module the evaluator reads the real reference from."""
+
+    name, image_shape = "mnist5k", (1, 28, 28)
+
+    def __init__(self, images):
+        self.images = images
+
+    def real_images(self, split, n=None, seed=0):
+        if split != "train":
+            raise ValueError("train only")
+        return self.images
+
+
 def worker(n: int, batch_size: int, cache_dir: str, kid_subsets: int) -> dict:
     import numpy as np
     import torch
 
+    import difflab.evaluation.score as score_mod
     from difflab.data.mnist5k import load_mnist5k
-    from difflab.metrics import ArrayImages, RealStatsCache, build_feature_extractor, real_stats, score
+    from difflab.evaluation import Evaluator
 
     x_train, _ = load_mnist5k("train")
-    extractor = build_feature_extractor("digits")
-    real = real_stats(ArrayImages("mnist5k", {"train": x_train}), "train", len(x_train), extractor, RealStatsCache(cache_dir))
+    score_mod.KID_SUBSETS = kid_subsets
+    ev = Evaluator(_Train(x_train[:, None]), n=n, cache_dir=cache_dir, floor=False, batch_size=batch_size)
+    reference = ev._real("train", 0, ev.n_real)  # cached by the parent's first row
     idx = np.random.default_rng(n).integers(0, len(x_train), n)
     fake = torch.from_numpy(x_train[idx][:, None])  # uint8 (n, 1, 28, 28)
-    extractor(fake[:8])  # warm up (one-time kernel setup), not part of the measurement
+    ev.extractor(fake[:8])  # warm up (one-time kernel setup), not part of the measurement
 
     reset = _reset_peak_rss()
     rss0 = _status_kib("VmRSS")
     t0 = time.perf_counter()
-    feats = extractor.extract(fake, batch_size=batch_size)
+    metrics = ev._metrics(reference, n, sync=False)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            batch = fake[start : start + batch_size]
+            for m in metrics.values():
+                m.update(batch, real=False)
     t1 = time.perf_counter()
     peak_features = _status_kib("VmHWM")
-    fid = score(feats, real, extractor, metrics=("fid",))["fid"]
+    values = ev._compute(metrics, n, reference.n, seed=0)
     t2 = time.perf_counter()
-    kid = score(feats, real, extractor, metrics=("kid",), kid_num_subsets=kid_subsets, kid_subset_size=KID_SUBSET_SIZE)
-    t3 = time.perf_counter()
     peak = _status_kib("VmHWM")
     nan = float("nan")
     return {
         "features_peak_mib": (peak_features - rss0) / 1024 if reset else nan,
         "n": n,
+        "n_real": reference.n,
         "batch_size": batch_size,
         "features_s": t1 - t0,
-        "fid_s": t2 - t1,
-        "kid_s": t3 - t2,
-        "total_s": t3 - t0,
+        "compute_s": t2 - t1,
+        "total_s": t2 - t0,
         "peak_delta_mib": (peak - rss0) / 1024 if reset else nan,
-        "feature_mib": feats.nbytes / 2**20,
-        "fid": fid,
-        "kid": kid["kid"],
+        "fid": values["fid"],
+        "kid": values["kid"],
     }
 
 
@@ -133,14 +152,14 @@ def main() -> None:
 
     print(f"Machine: {machine()}\n")
     print(f"Command: `python benchmarks/fid.py{' --quick' if args.quick else ''}`; "
-          f"KID: {kid_subsets} subsets of {KID_SUBSET_SIZE}; real side: mnist5k/train (4500), cached\n")
-    print("| n | batch | features (s) | images/s | FID (s) | KID (s) | total (s) | peak RSS delta: features (MiB) | peak RSS delta: all (MiB) | feature matrix (MiB) | FID | KID |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"KID: {kid_subsets} subsets of min(n, {KID_SUBSET_SIZE}); real side: min(n, 4500) mnist5k/train digits, cached\n")
+    print("| n | n real | batch | features + states (s) | images/s | FID + KID compute (s) | total (s) | peak RSS delta: features (MiB) | peak RSS delta: all (MiB) | FID | KID |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         batch = "n" if r["batch_size"] >= r["n"] else str(r["batch_size"])
         print(
-            f"| {r['n']} | {batch} | {r['features_s']:.2f} | {r['n'] / r['features_s']:.0f} | {r['fid_s']:.2f} | "
-            f"{r['kid_s']:.2f} | {r['total_s']:.2f} | {r['features_peak_mib']:.1f} | {r['peak_delta_mib']:.1f} | {r['feature_mib']:.1f} | "
+            f"| {r['n']} | {r['n_real']} | {batch} | {r['features_s']:.2f} | {r['n'] / r['features_s']:.0f} | "
+            f"{r['compute_s']:.2f} | {r['total_s']:.2f} | {r['features_peak_mib']:.1f} | {r['peak_delta_mib']:.1f} | "
             f"{r['fid']:.3f} | {r['kid']:.4f} |"
         )
 

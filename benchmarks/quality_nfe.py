@@ -1,20 +1,17 @@
 """Sample quality against the number of network evaluations (NFE) for one checkpoint.
 
-    python benchmarks/quality_nfe.py --ckpt <run dir>/checkpoints/last.ckpt            # n = 1000, every sampler
-    python benchmarks/quality_nfe.py --ckpt PATH --n 200 --samplers ddim10,ddim50_eta1
+    python benchmarks/quality_nfe.py --ckpt <run dir>/checkpoints/last.ckpt            # n = 1000, the default table
+    python benchmarks/quality_nfe.py --ckpt PATH --n 200 --samplers ddim10,dpmpp2m10,heun_karras10
     python benchmarks/quality_nfe.py --quick                                            # tiny model, n = 50, < 1 min
 
-Digits-feature FID and KID (``difflab.metrics``, through ``difflab.sample.Scorer``) of n
-samples from the checkpoint's EMA weights (``difflab.utils.checkpoint.load_model``) for:
-
-- DDPM, all 1000 steps, ``variance_type`` fixed_small (beta-tilde) and fixed_large (beta);
-- DDIM with 10, 20, 50, 100 steps (trailing spacing), eta 0 and eta 1;
-
-next to the data floor (real held-out digits against the same real reference: the best score
-reachable at that n). Sampling uses ``difflab.sample.sample_batches`` (batch b seeded by
-(seed, b)), so every sampler starts from the same x_T. ``--quick`` trains a tiny UNet for a
-few steps in-process (``difflab.train.run``) and scores 50 samples of three short samplers:
-it checks the pipeline, not the quality.
+Digits-feature FID and KID of n samples from the checkpoint's EMA weights, drawn and scored on
+the one evaluation path (``difflab.evaluation.evaluate``: sample i from its own seed, so every
+sampler starts from the same x_T; torchmetrics FID/KID; the floor at the same n), for every
+entry of :data:`SAMPLERS` (``--samplers`` picks some): DDPM over all T steps, DDIM eta 0 and
+1, DPM-Solver++ (2M, 3M, SDE), UniPC, Euler, Euler ancestral and Heun (Karras sigmas) at 5, 10,
+20 and 50 NFE where the order allows. Heun costs 2 NFE per step but the last: ``heun_karras10``
+is 10 NFE (6 steps). ``--quick`` trains a tiny UNet for a few steps in-process and scores 50
+samples of three short samplers: it checks the pipeline, not the quality.
 """
 
 from __future__ import annotations
@@ -29,17 +26,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import compose_train, loadavg, machine, note, table  # noqa: E402
 
-#: name -> (sampler, num_steps, eta or variance_type)
-SAMPLERS = {
-    "ddpm_small": ("ddpm", None, "fixed_small"),
-    "ddpm_large": ("ddpm", None, "fixed_large"),
-    **{f"ddim{s}": ("ddim", s, 0.0) for s in (10, 20, 50, 100)},
-    **{f"ddim{s}_eta1": ("ddim", s, 1.0) for s in (10, 20, 50, 100)},
-}
+def _table() -> dict[str, dict]:
+    """name -> sampler entry ``{name, num_steps, **options}`` (an option of the sampler group)."""
+    out: dict[str, dict] = {
+        "ddpm_small": {"name": "ddpm", "num_steps": None, "variance_type": "fixed_small"},
+        "ddpm_large": {"name": "ddpm", "num_steps": None, "variance_type": "fixed_large"},
+    }
+    for nfe in (5, 10, 20, 50):
+        out[f"ddim{nfe}"] = {"name": "ddim", "num_steps": nfe, "eta": 0.0}
+        out[f"ddim{nfe}_eta1"] = {"name": "ddim", "num_steps": nfe, "eta": 1.0}
+        out[f"dpmpp2m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2}
+        out[f"dpmpp3m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 3}
+        out[f"sde_dpmpp2m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2, "algorithm": "sde-dpmsolver++"}
+        out[f"unipc{nfe}"] = {"name": "unipc", "num_steps": nfe}
+        out[f"euler_karras{nfe}"] = {"name": "euler", "num_steps": nfe, "use_karras_sigmas": True}
+        out[f"euler_a{nfe}"] = {"name": "euler_ancestral", "num_steps": nfe}
+        if nfe > 5:  # Heun: 2 NFE a step but the last, so 2s - 1 NFE for s steps
+            out[f"heun_karras{nfe - (nfe + 1) % 2}"] = {"name": "heun", "num_steps": (nfe + 1) // 2, "use_karras_sigmas": True}
+    out["ddim100"] = {"name": "ddim", "num_steps": 100, "eta": 0.0}
+    out["ddim100_eta1"] = {"name": "ddim", "num_steps": 100, "eta": 1.0}
+    return out
+
+
+SAMPLERS = _table()
 QUICK_SAMPLERS = {
-    "ddim10": ("ddim", 10, 0.0),
-    "ddim10_eta1": ("ddim", 10, 1.0),
-    "ddpm10_small": ("ddpm", 10, "fixed_small"),
+    "ddim10": {"name": "ddim", "num_steps": 10, "eta": 0.0},
+    "dpmpp2m10": {"name": "dpm_solver", "num_steps": 10, "order": 2},
+    "heun_karras9": {"name": "heun", "num_steps": 5, "use_karras_sigmas": True},
 }
 
 TINY = [
@@ -56,6 +69,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "~callbacks.sample_grid",
+    "~callbacks.fid",
     "~callbacks.progress_bar",
     "lr_warmup_steps=0",
     "logger=none",
@@ -71,12 +85,10 @@ def train_tiny(out_dir: str) -> Path:
     return Path(out_dir) / "checkpoints" / "last.ckpt"
 
 
-def build_sampler(kind: str, steps: int | None, opt):
-    from difflab.samplers import DDIMSampler, DDPMSampler
+def build_sampler(entry: dict):
+    from difflab.samplers import SAMPLERS as GROUP
 
-    if kind == "ddpm":
-        return DDPMSampler(num_steps=steps, variance_type=opt)
-    return DDIMSampler(num_steps=steps, eta=opt)
+    return GROUP[entry["name"]](**{k: v for k, v in entry.items() if k != "name"})
 
 
 def main() -> None:
@@ -89,14 +101,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="real-statistics cache (default: a temporary folder)")
     p.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA weights")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
     if not args.quick and not args.ckpt:
         p.error("--ckpt PATH is required (or --quick)")
 
     import hydra
-    import torch
 
-    from difflab.sample import Scorer, sample_batches, sampler_info
+    from difflab.evaluation import Evaluator, eval_mode, evaluate
     from difflab.utils.checkpoint import load_model
 
     n = args.n or (50 if args.quick else 1000)
@@ -113,29 +125,31 @@ def main() -> None:
         ckpt = train_tiny(str(Path(tmp) / "tiny")) if args.quick else Path(args.ckpt)
         model = load_model(ckpt, use_ema=not args.raw)
         datamodule = hydra.utils.instantiate(model.config["data"])
-        scorer = Scorer(datamodule, "digits", ["fid", "kid"], n, args.cache_dir or str(Path(tmp) / "real_stats"),
-                        batch_size=args.batch_size)
+        evaluator = Evaluator(datamodule, "digits", ("fid", "kid"), n, args.cache_dir or str(Path(tmp) / "real_stats"))
         T = model.process.num_timesteps
-        floor = scorer.floor
-        rows = []
+        rows, results = [], []
         loads = [loadavg()]
-        for name, (kind, steps, opt) in table_of.items():
-            sampler = build_sampler(kind, steps, opt)
-            info = sampler_info(sampler, T)
+        for name, entry in table_of.items():
+            sampler = build_sampler(entry)
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                images = torch.cat([x for _, x in sample_batches(
-                    model.backbone, model.process, sampler, model.image_shape, n, args.seed, args.batch_size, "cpu", progress=False,
-                    prediction_type=model.objective.target)])
+            with eval_mode(model.backbone):
+                res = evaluate(model.backbone, model.process, sampler, model.objective.target, evaluator, args.seed,
+                               args.batch_size, "cpu")
             secs = time.perf_counter() - t0
-            res = {r["metric"]: r for r in scorer.score(images, info)}
             loads.append(loadavg())
-            setting = f"eta={opt:g}" if kind == "ddim" else str(opt)
-            rows.append([
-                kind.upper(), info["num_steps"], setting, f"{res['fid']['value']:.3f}",
-                f"{res['kid']['value']:.4f} ± {res['kid']['std']:.4f}", f"{secs:.1f}", res["fid"]["key"],
-            ])
-            note(f"  {name}: FID {res['fid']['value']:.3f}, KID {res['kid']['value']:.4f}, {secs:.1f}s")
+            fid_key = next(k for k in res.scores if k.startswith("fid/"))
+            kid_key = next(k for k in res.scores if k.startswith("kid/"))
+            options = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("name", "num_steps"))
+            rows.append([entry["name"], sampler.nfe(T), options, f"{res.scores[fid_key]:.3f}",
+                         f"{res.scores[kid_key]:.4f} ± {res.values['kid_std']:.4f}", f"{secs:.1f}", fid_key])
+            results.append({"name": name, "entry": entry, "nfe": sampler.nfe(T), "scores": res.scores, "seconds": secs})
+            note(f"  {name}: FID {res.scores[fid_key]:.3f} ({sampler.nfe(T)} NFE), {secs:.1f}s")
+        floor = evaluator.floor()
+        if args.json:
+            import json
+
+            Path(args.json).write_text(json.dumps({"command": cmd, "n": n, "seed": args.seed, "rows": results,
+                                                   "floor": floor, "global_step": model.global_step}, indent=2) + "\n")
 
     print(f"Command: `{cmd}`\n")
     print(f"Machine: {machine()}")
@@ -143,12 +157,12 @@ def main() -> None:
     src = "tiny UNet trained 4 steps in-process (--quick)" if args.quick else f"{ckpt}"
     print(f"Checkpoint: {src}, global step {model.global_step}, {'EMA' if model.used_ema else 'raw'} weights; "
           f"n = {n} samples per sampler (seed {args.seed}, batch {args.batch_size}), digits features, "
-          f"real reference: {scorer.real.n} mnist5k/train digits\n")
+          f"real reference: {evaluator.n_real} mnist5k/train digits\n")
     print(table(["sampler", "NFE", "setting", "FID", "KID ± std", "sampling time (s)", "protocol key"], rows,
                 ["l", "r", "l", "r", "r", "r", "l"]))
     if floor:
-        print(f"\nData floor (mnist5k/val vs the train reference, n = {floor['n']}): FID {floor['fid']:.3f}, "
-              f"KID {floor['kid']:.4f}")
+        print("\nData floor (real held-out digits against the same reference): "
+              + ", ".join(f"{k} = {v:.4f}" for k, v in floor.items()))
 
 
 if __name__ == "__main__":

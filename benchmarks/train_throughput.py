@@ -13,7 +13,7 @@ with AdamW (the conf/optimizer/adamw.yaml settings), global-norm gradient clippi
 EMA of the weights (decay 0.999 with warm-up) and 200 steps of linear LR warm-up:
 
 - A: ``DiffusionModule`` under the Lightning ``Trainer``, built as ``train.py`` builds it
-  (``difflab.train.build_module``, the configured callbacks and a CSVLogger: every
+  (``difflab.build.build_module``, the configured callbacks and a CSVLogger: every
   ``self.log`` call runs), with the progress bar, checkpointing, sample grids and validation off;
   objective eps with uniform weighting (the plain MSE that B and C compute);
 - B: a bare PyTorch loop in this file: ``GaussianDiffusion.q_sample``, eps MSE, AdamW,
@@ -85,7 +85,7 @@ def run_lightning(overrides: list[str], batch: int, warmup: int, window: int, pr
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from difflab.train import _instantiate, _instantiate_group, build_datamodule, build_module
+    from difflab.build import build_callbacks, build_datamodule, build_loggers, build_module, instantiate
 
     class StepTimer(Callback):
         def __init__(self) -> None:
@@ -109,14 +109,14 @@ def run_lightning(overrides: list[str], batch: int, warmup: int, window: int, pr
         module = build_module(cfg, tuple(dm.image_shape))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         timer = StepTimer()
-        callbacks = [*_instantiate_group(cfg.get("callbacks"), "callbacks"), timer]  # timer last: after EMA
-        loggers = _instantiate_group(cfg.get("logger"), "logger")
+        callbacks = [*build_callbacks(cfg), timer]  # timer last: after EMA
+        loggers = build_loggers(cfg)
         profiler = None
         if profile:
             from lightning.pytorch.profilers import SimpleProfiler
 
             profiler = SimpleProfiler(dirpath=out, filename="simple")
-        trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, profiler=profiler)
+        trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, profiler=profiler)
         trainer.fit(module, datamodule=dm)
         report = profiler.summary() if profiler is not None else None
     return {
@@ -136,7 +136,7 @@ def _loader(batch: int):
     cfg = compose_train([*ABC_OVERRIDES, f"data.batch_size={batch}"])
     import lightning as L
 
-    from difflab.train import build_datamodule
+    from difflab.build import build_datamodule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
@@ -363,7 +363,7 @@ def ema_microbench(reps: int) -> tuple[list[list[str]], float, int]:
 def loader_ips(batch: int, num_workers: int, batches: int) -> float:
     import lightning as L
 
-    from difflab.train import build_datamodule
+    from difflab.build import build_datamodule
 
     cfg = compose_train([*SWITCH_BASE, f"data.batch_size={batch}", f"data.num_workers={num_workers}"])
     L.seed_everything(0, verbose=False)
@@ -455,7 +455,7 @@ def step_flops(overrides: list[str], batch: int) -> tuple[int, int, int]:
 
     cfg = compose_train([*SWITCH_BASE, *overrides])
     model = _backbone(cfg).train()
-    from difflab.train import build_datamodule
+    from difflab.build import build_datamodule
 
     shape = tuple(build_datamodule(cfg).image_shape)
     x = torch.randn(2, *shape)

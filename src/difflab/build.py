@@ -60,7 +60,7 @@ def build_sampler(node: Any, num_timesteps: int, key: str = "sampler") -> Any:
             node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node).items() if k != "prediction_type"})
     sampler = instantiate(node, key)
     try:
-        sampler.timesteps(num_timesteps)
+        sampler.steps(num_timesteps)
     except ValueError as e:
         raise ConfigError(f"{key_message(key, e, node)} (schedule.num_timesteps={num_timesteps})") from None
     return sampler

@@ -247,12 +247,11 @@ def _scatter(model: Any, points: torch.Tensor, path: Path) -> Path:
     """A scatter plot of 2-D samples over the training data."""
     import hydra
 
-    from difflab.utils.images import scatter_png
+    from difflab.utils.images import save_scatter_png
 
     data = hydra.utils.instantiate(model.config["data"])
-    data.setup()
-    reference = data.real_points("train") if hasattr(data, "real_points") else None
-    return scatter_png(points.numpy(), path, reference=None if reference is None else np.asarray(reference))
+    reference = data.real_points("val") if hasattr(data, "real_points") else None
+    return save_scatter_png(points, path, reference=reference, title=f"{len(points)} samples over the val data")
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:

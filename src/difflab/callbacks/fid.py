@@ -106,7 +106,7 @@ class FID(Callback):
         if dm is None or not hasattr(dm, "real_images") or not hasattr(dm, "name"):
             raise ValueError("callbacks.fid needs a data module with `name` and `real_images(split, n, seed)`")
         if self.sampler is not None:
-            self.sampler.timesteps(pl_module.process.num_timesteps)  # a bad num_steps fails now
+            self.sampler.steps(pl_module.process.num_timesteps)  # a bad num_steps fails now
         if self.evaluator is None:
             self.evaluator = Evaluator(dm, self.feature, self.metrics, self.n, self.cache_dir,
                                        extractor=self.extractor, real_seed=self.real_seed, floor=self.log_floor)

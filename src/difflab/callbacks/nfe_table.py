@@ -120,7 +120,7 @@ class NFETable(Callback):
             options = {k: v for k, v in entry.items() if k != "name"}
             try:
                 sampler = SAMPLERS[entry["name"]](**options)
-                sampler.timesteps(num_timesteps)
+                sampler.steps(num_timesteps)
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"callbacks.nfe_table.samplers[{i}] {entry}: {e} (schedule.num_timesteps={num_timesteps})") from None
             samplers.append(sampler)
@@ -156,7 +156,7 @@ class NFETable(Callback):
             self.floor_values = result.floor
             row: dict[str, Any] = {
                 "sampler": type(sampler).__name__.removesuffix("Sampler").lower(), "key_part": sampler.key_part(T),
-                "num_steps": len(sampler.timesteps(T)), "nfe": sampler.nfe(T), "eta": float(getattr(sampler, "eta", 0.0)),
+                "num_steps": sampler.steps(T), "nfe": sampler.nfe(T), "eta": float(getattr(sampler, "eta", 0.0)),
                 "spacing": getattr(sampler, "spacing", None), "n": self.n, "feature": self.feature,
                 "seconds": round(time.perf_counter() - start, 3), "global_step": step,
                 "kid_std": result.values.get("kid_std"),

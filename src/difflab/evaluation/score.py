@@ -97,7 +97,7 @@ def draw(
     steps = sampler.nfe(process.num_timesteps) * len(batches)
     bar = tqdm(total=steps, desc=progress if isinstance(progress, str) else "sampling", unit="NFE",
                disable=not progress, dynamic_ncols=True, leave=False)
-    steps_per_call = sampler.nfe(process.num_timesteps) / max(1, len(sampler.timesteps(process.num_timesteps)))
+    steps_per_call = sampler.nfe(process.num_timesteps) / max(1, sampler.steps(process.num_timesteps))
     try:
         for b in batches:
             idx = batch_indices(n, batch_size, b)
