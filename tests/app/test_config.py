@@ -15,7 +15,7 @@ from tests.conftest import ROOT, compose_train
 GROUPS = {
     "schedule": ["linear", "scaled_linear", "cosine", "sigmoid"],
     "objective": ["eps", "x0", "v"],
-    "sampler": ["ddpm", "ddim", "ddim_eta1"],
+    "sampler": ["ddpm", "ddim", "ddim_eta1", "dpm_solver", "euler", "euler_ancestral", "heun", "unipc"],
     "backbone": ["unet", "diffusers_unet"],
     "optimizer": ["adamw", "adam", "adamw_edm2"],
     "lr_scheduler": ["constant", "cosine", "linear"],
