@@ -37,13 +37,14 @@ def test_every_option_file_is_tested(group):
 @pytest.mark.parametrize("schedule", GROUPS["schedule"])
 @pytest.mark.parametrize("objective", GROUPS["objective"])
 def test_schedule_objective_sampler_instantiate(schedule, objective):
-    from difflab.train import build_core
+    from difflab.build import build_core
 
     for sampler in GROUPS["sampler"]:
         cfg = compose_train([f"schedule={schedule}", f"objective={objective}", f"sampler={sampler}"])
         process, obj, smp = build_core(cfg)
         assert process.num_timesteps == 1000
-        assert obj.target == objective == smp.prediction_type
+        assert obj.target == objective and not hasattr(smp, "prediction_type")  # the objective's, only
+        assert smp.nfe(1000) >= 1
 
 
 @pytest.mark.parametrize("optimizer", GROUPS["optimizer"])
@@ -69,7 +70,7 @@ def test_weightings(weighting):
 
 
 def test_zero_terminal_snr_with_v():
-    from difflab.train import build_core
+    from difflab.build import build_core
 
     cfg = compose_train(["schedule.zero_terminal_snr=true", "objective=v"])
     process, _, _ = build_core(cfg)
@@ -78,7 +79,7 @@ def test_zero_terminal_snr_with_v():
 
 @pytest.mark.parametrize("backbone", GROUPS["backbone"])
 def test_backbones_follow_the_data_shape(backbone):
-    from difflab.train import check_backbone
+    from difflab.build import check_backbone
 
     for data, shape in [("mnist5k", (1, 28, 28)), ("cifar10", (3, 32, 32))]:
         overrides = [f"backbone={backbone}", f"data={data}"]
@@ -91,7 +92,7 @@ def test_backbones_follow_the_data_shape(backbone):
 
 
 def test_mlp_with_toy2d():
-    from difflab.train import check_backbone
+    from difflab.build import check_backbone
 
     cfg = compose_train(["data=toy2d", "backbone=mlp"])
     dm = hydra.utils.instantiate(cfg.data)
@@ -126,24 +127,24 @@ def test_cpu_trainers_instantiate(trainer, tmp_path):
 
 @pytest.mark.parametrize("logger", GROUPS["logger"])
 def test_loggers_instantiate(logger, tmp_path):
-    from difflab.train import _instantiate_group
+    from difflab.build import build_loggers
 
     cfg = compose_train([f"logger={logger}"], output_dir=str(tmp_path))
-    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    loggers = build_loggers(cfg)
     assert len(loggers) == (0 if logger == "none" else 1)
 
 
 def test_callbacks_instantiate(tmp_path):
-    from difflab.train import _instantiate_group
+    from difflab.build import build_callbacks
 
     cfg = compose_train([], output_dir=str(tmp_path))
-    names = {type(c).__name__ for c in _instantiate_group(cfg.callbacks, "callbacks")}
-    assert {"ModelCheckpoint", "EMA", "SampleGrid"} <= names
+    names = {type(c).__name__ for c in build_callbacks(cfg)}
+    assert {"ModelCheckpoint", "EMA", "SampleGrid", "FID", "StepProgressBar"} <= names
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
 def test_experiments_compose(experiment):
-    from difflab.train import build_core
+    from difflab.build import build_core
 
     cfg = compose_train([f"experiment={experiment}"])
     build_core(cfg)
@@ -209,10 +210,34 @@ def test_train_py_typos_exit_nonzero_before_training(override, expected, tmp_pat
 
 def test_default_sampler_is_ddim_eta1_and_ddim_stays_deterministic():
     from difflab.samplers import DDIMSampler
-    from difflab.train import build_core
+    from difflab.build import build_core
 
     _, _, default = build_core(compose_train([]))
     _, _, ddim = build_core(compose_train(["sampler=ddim"]))
     assert isinstance(default, DDIMSampler) and isinstance(ddim, DDIMSampler)
     assert (default.num_steps, default.eta, default.spacing) == (50, 1.0, "trailing")
     assert (ddim.num_steps, ddim.eta, ddim.spacing) == (50, 0.0, "trailing")
+
+
+def test_schemas_take_their_defaults_from_the_code():
+    """One home per default: the schedule, objective and sampler schemas are read off the
+    constructors, so the composed config holds exactly the code's defaults."""
+    import inspect
+
+    from difflab.diffusion.objectives import DiffusionObjective
+    from difflab.diffusion.schedules import SCHEDULES
+    from difflab.samplers import SAMPLERS
+
+    cfg = compose_train([])
+    assert cfg.objective.weighting == inspect.signature(DiffusionObjective).parameters["weighting"].default == "min_snr"
+    for name, fn in SCHEDULES.items():
+        node = compose_train([f"schedule={name}"]).schedule
+        for p in list(inspect.signature(fn).parameters.values())[1:]:
+            assert node[p.name] == p.default, (name, p.name)
+    for name in ("ddpm", "ddim", "dpm_solver", "heun"):
+        node = compose_train([f"sampler={name}"]).sampler
+        for p in list(inspect.signature(SAMPLERS[name]).parameters.values()):
+            if p.name in node and p.name != "num_steps":
+                assert node[p.name] == p.default, (name, p.name)
+    with pytest.raises(Exception, match="prediction_type"):
+        compose_train(["sampler.prediction_type=v"])  # not a sampler option any more
