@@ -29,6 +29,7 @@ def test_grid_multirun_one_dir_and_one_wandb_run_per_job_in_one_group(tmp_path):
         run = runs[0]
         assert run["state"] == "finished"
         groups.add(run["group"])
+        assert run["config"]["group"] == run["group"]  # dashboards filter on config.group
         overrides = run["config"]["overrides"]
         swept = tuple(o for o in overrides if o.startswith(("objective=", "schedule=")))
         seen.add(swept)
