@@ -30,9 +30,15 @@ def process() -> GaussianDiffusion:
 @pytest.mark.parametrize("sampler", [DDPMSampler(num_steps=20), DDIMSampler(num_steps=10, eta=0.5)])
 def test_reproducible_bit_for_bit(process, sampler) -> None:
     net = TinyNet()
-    a = generate(net, process, sampler, (3, 1, 8, 8), torch.Generator().manual_seed(42), progress=False, prediction_type="eps")
-    b = generate(net, process, sampler, (3, 1, 8, 8), torch.Generator().manual_seed(42), progress=False, prediction_type="eps")
-    c = generate(net, process, sampler, (3, 1, 8, 8), torch.Generator().manual_seed(43), progress=False, prediction_type="eps")
+    a = generate(
+        net, process, sampler, (3, 1, 8, 8), torch.Generator().manual_seed(42), progress=False, prediction_type="eps"
+    )
+    b = generate(
+        net, process, sampler, (3, 1, 8, 8), torch.Generator().manual_seed(42), progress=False, prediction_type="eps"
+    )
+    c = generate(
+        net, process, sampler, (3, 1, 8, 8), torch.Generator().manual_seed(43), progress=False, prediction_type="eps"
+    )
     assert a.shape == (3, 1, 8, 8) and a.dtype == torch.float32
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -43,7 +49,8 @@ def test_trajectory(process) -> None:
     net = TinyNet()
     sampler = DDIMSampler(num_steps=7)
     x, traj = generate(
-        net, process, sampler, (2, 1, 4, 4), torch.Generator().manual_seed(0), return_trajectory=True, progress=False, prediction_type="eps"
+        net, process, sampler, (2, 1, 4, 4), torch.Generator().manual_seed(0), return_trajectory=True,
+        progress=False, prediction_type="eps"
     )
     assert isinstance(traj, Trajectory)
     assert torch.equal(traj.timesteps, sampler.timesteps(100))
@@ -62,45 +69,71 @@ def test_trajectory(process) -> None:
         torch.testing.assert_close(step.prev_sample, traj.x_t[i + 1])
         torch.testing.assert_close(step.pred_x0, traj.pred_x0[i])
     # the same run without the trajectory gives the same sample
-    y = generate(net, process, sampler, (2, 1, 4, 4), torch.Generator().manual_seed(0), progress=False, prediction_type="eps")
+    y = generate(
+        net, process, sampler, (2, 1, 4, 4), torch.Generator().manual_seed(0), progress=False, prediction_type="eps"
+    )
     assert torch.equal(x, y)
 
 
 def test_model_call_convention(process) -> None:
     net = TinyNet()
     labels = torch.tensor([3, 1])
-    generate(net, process, DDPMSampler(num_steps=5), (2, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps", y=labels)
+    generate(
+        net, process, DDPMSampler(num_steps=5), (2, 1, 4, 4), torch.Generator(),
+        progress=False, prediction_type="eps", y=labels
+    )
     assert len(net.calls) == 5
     expected = DDPMSampler(num_steps=5).timesteps(100).tolist()
     for (t, y), t_expected in zip(net.calls, expected):
         assert t.dtype == torch.long and t.shape == (2,) and t.tolist() == [t_expected] * 2
         assert torch.equal(y, labels)
     net.calls.clear()
-    generate(net, process, DDPMSampler(num_steps=2), (2, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps")
+    generate(
+        net, process, DDPMSampler(num_steps=2), (2, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps"
+    )
     assert all(y is None for _, y in net.calls)
 
 
 def test_inference_mode_and_device(process) -> None:
-    x = generate(TinyNet(), process, DDIMSampler(num_steps=2), (1, 1, 4, 4), torch.Generator(), progress=True, prediction_type="eps")
+    x = generate(
+        TinyNet(), process, DDIMSampler(num_steps=2), (1, 1, 4, 4), torch.Generator(),
+        progress=True, prediction_type="eps"
+    )
     assert torch.is_inference(x)
     assert x.device.type == "cpu"
     # a plain callable (no parameters) samples on the process' device
-    x = generate(lambda x, t: torch.zeros_like(x), process, DDIMSampler(num_steps=2), (2, 2), torch.Generator(), progress=False, prediction_type="eps")
+    x = generate(
+        lambda x, t: torch.zeros_like(x), process, DDIMSampler(num_steps=2), (2, 2), torch.Generator(),
+        progress=False, prediction_type="eps"
+    )
     assert x.device == process.betas.device and x.shape == (2, 2)
 
 
 def test_bad_inputs(process) -> None:
     net = TinyNet()
     with pytest.raises(ValueError, match="generator"):
-        generate(net, process, DDIMSampler(num_steps=2), (1, 1, 4, 4), None, progress=False, prediction_type="eps")  # type: ignore[arg-type]
+        generate(
+            net, process, DDIMSampler(num_steps=2), (1, 1, 4, 4), None, progress=False, prediction_type="eps"
+        )  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shape"):
-        generate(net, process, DDIMSampler(num_steps=2), (0, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps")
+        generate(
+            net, process, DDIMSampler(num_steps=2), (0, 1, 4, 4), torch.Generator(),
+            progress=False, prediction_type="eps"
+        )
     with pytest.raises(ValueError, match="y must have batch size 2"):
-        generate(net, process, DDIMSampler(num_steps=2), (2, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps", y=torch.zeros(3))
+        generate(
+            net, process, DDIMSampler(num_steps=2), (2, 1, 4, 4), torch.Generator(),
+            progress=False, prediction_type="eps", y=torch.zeros(3)
+        )
     with pytest.raises(ValueError, match="num_steps.*101"):
-        generate(net, process, DDIMSampler(num_steps=101), (1, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps")
+        generate(
+            net, process, DDIMSampler(num_steps=101), (1, 1, 4, 4), torch.Generator(),
+            progress=False, prediction_type="eps"
+        )
     with pytest.raises(ValueError, match="sampler"):
-        generate(net, process, "ddim", (1, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps")  # type: ignore[arg-type]
+        generate(
+            net, process, "ddim", (1, 1, 4, 4), torch.Generator(), progress=False, prediction_type="eps"
+        )  # type: ignore[arg-type]
 
 
 def test_fractional_timesteps_and_several_calls_per_step(process) -> None:

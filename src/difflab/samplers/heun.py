@@ -9,6 +9,8 @@ Without churn this is diffusers' ``HeunDiscreteScheduler``.
 
 from __future__ import annotations
 
+import math
+
 from difflab.samplers.euler import EulerSampler
 
 __all__ = ["HeunSampler"]
@@ -19,6 +21,41 @@ class HeunSampler(EulerSampler):
 
     name = "heun"
     second_order = True
+
+    def __init__(
+        self,
+        num_steps: int = 18,
+        spacing: str = "trailing",
+        use_karras_sigmas: bool = False,
+        rho: float = 7.0,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
+        clip_sample: bool = True,
+        clip_range: float = 1.0,
+        dynamic_thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        steps_offset: int = 0,
+    ) -> None:
+        """The options of :class:`EulerSampler`; 18 steps (35 NFE) by default, as in EDM for CIFAR-10."""
+        super().__init__(
+            num_steps=num_steps,
+            spacing=spacing,
+            use_karras_sigmas=use_karras_sigmas,
+            rho=rho,
+            s_churn=s_churn,
+            s_tmin=s_tmin,
+            s_tmax=s_tmax,
+            s_noise=s_noise,
+            clip_sample=clip_sample,
+            clip_range=clip_range,
+            dynamic_thresholding=dynamic_thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value,
+            steps_offset=steps_offset,
+        )
 
     def nfe(self, num_train_timesteps: int) -> int:
         """2 network evaluations per step except the last (to sigma = 0): 2N - 1."""
