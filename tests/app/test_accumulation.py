@@ -17,6 +17,15 @@ def test_val_check_batches():
     assert val_check_batches(None, 4) is None
 
 
+def test_the_trainer_gets_the_interval_in_batches(tmp_path):
+    from difflab.build import build_trainer
+
+    cfg = compose_train(["trainer=cpu", "trainer.val_check_interval=3", "trainer.accumulate_grad_batches=4"],
+                        output_dir=str(tmp_path))
+    assert build_trainer(cfg, [], []).val_check_interval == 12
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [2])
 def test_validation_every_n_optimizer_steps_under_accumulation(tmp_path, accumulate):
     from difflab.train import run

@@ -51,6 +51,7 @@ def test_too_few_steps_fail():
         cb.on_train_end(_feed(cb, [1, 1, 1]), None)
 
 
+@pytest.mark.slow
 def test_debug_overfit_fails_the_run_when_nothing_is_learnt(tmp_path):
     from difflab.train import run
 
