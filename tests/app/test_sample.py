@@ -71,10 +71,10 @@ def test_writes_npz_and_grid(tiny_ckpt, tmp_path):
     with np.load(tmp_path / "samples.npz", allow_pickle=False) as f:
         images = f["images"]
         assert images.dtype == np.uint8 and images.shape == (5, 28, 28, 1)
-        assert str(f["sampler"]) == "ddim" and int(f["num_steps"]) == 2 and float(f["eta"]) == 1.0  # the default sampler: ddim_eta1
+        assert str(f["sampler"]) == "ddim2_eta1" and int(f["nfe"]) == 2  # the default sampler: ddim_eta1
         assert int(f["seed"]) == 3 and int(f["n"]) == 5 and bool(f["use_ema"]) and int(f["global_step"]) == 2
         protocol = json.loads(str(f["protocol"]))
-    assert protocol["sampler"] == "ddim" and protocol["sampler_config"]["prediction_type"] == "eps"
+    assert protocol["sampler"] == "ddim2_eta1" and "prediction_type" not in protocol["sampler_config"]
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.shape == (2 * 30 + 2, 3 * 30 + 2)  # 5 images: 3 per row, 2 rows, 2 px padding
     assert result["grid"] == tmp_path / "grid.png" and result["metrics"] == []
@@ -102,11 +102,10 @@ def test_raw_weights_differ_from_ema(tiny_ckpt, tmp_path):
 def test_sampler_choice_and_partial_override(tiny_ckpt, tmp_path):
     sample(tiny_ckpt, tmp_path / "ddpm", "n=2", "sampler=ddpm", "sampler.num_steps=3")
     with np.load(tmp_path / "ddpm" / "samples.npz") as f:
-        assert str(f["sampler"]) == "ddpm" and int(f["num_steps"]) == 3
-        assert json.loads(str(f["protocol"]))["sampler_config"]["prediction_type"] == "eps"
+        assert str(f["sampler"]) == "ddpm3" and int(f["nfe"]) == 3
     sample(tiny_ckpt, tmp_path / "ckpt-sampler", "n=2", "+sampler.num_steps=1")
     with np.load(tmp_path / "ckpt-sampler" / "samples.npz") as f:
-        assert str(f["sampler"]) == "ddim" and int(f["num_steps"]) == 1  # the checkpoint's sampler
+        assert str(f["sampler"]) == "ddim1_eta1" and int(f["nfe"]) == 1  # the checkpoint's sampler, 1 step
 
 
 def test_exported_safetensors_sample_like_the_checkpoint(tiny_ckpt, tmp_path):
@@ -126,10 +125,29 @@ def test_metrics_table_and_json(tiny_ckpt, tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(report["metrics"]) == {"fid/digits/ddim2_eta1/n6", "kid/digits/ddim2_eta1/n6"}
     assert all(np.isfinite(v) for v in report["metrics"].values())
-    assert report["floor"]["n"] == 6 and np.isfinite(report["floor"]["fid"])
+    assert set(report["floor"]) == {"fid_floor/digits/n6", "kid_floor/digits/n6"}  # at the score's own n
+    assert np.isfinite(report["floor"]["fid_floor/digits/n6"])
     assert report["score_protocol"]["n_real"] == 6 and report["score_protocol"]["real"]["split"] == "train"
     assert [r["metric"] for r in result["metrics"]] == ["fid", "kid"]
     assert list((tmp_path / "cache").glob("*.npz")), "real statistics are cached"
+
+
+def test_the_checkpoints_sampler_takes_overrides_without_a_plus(tiny_ckpt, tmp_path):
+    """`sample.py ckpt=... sampler.num_steps=5` edits the checkpoint's sampler (the entry point
+    adds the `+` Hydra needs when no sampler=NAME is chosen)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "sample.py", f"ckpt={tiny_ckpt}", "n=2", "sampler.num_steps=1", "device=cpu",
+         "progress=false", f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(out / "samples.npz") as f:
+        assert str(f["sampler"]) == "ddim1_eta1"
 
 
 # ----------------------------------------------------------------------------- bad input
