@@ -154,6 +154,8 @@ def test_nfe_counts_network_calls(sampler: Sampler, process) -> None:
         (EulerAncestralSampler(num_steps=20), "euler_a_nfe20"),
         (EulerAncestralSampler(num_steps=20, eta=0.5, use_karras_sigmas=True, rho=5), "euler_a_karras_rho5_eta0.5_nfe20"),
         (HeunSampler(num_steps=10, use_karras_sigmas=True), "heun_karras_nfe19"),
+        (HeunSampler(num_steps=18, use_karras_sigmas=True, sigma_max=80), "heun_karras_smax80_nfe35"),
+        (DPMSolverSampler(num_steps=10, use_karras_sigmas=True, sigma_min=0.02, sigma_max=80), "dpmpp2m_karras_smin0.02_smax80_nfe10"),
         (HeunSampler(num_steps=18, spacing="leading", steps_offset=1), "heun_leading_offset1_nfe35"),
         (UniPCSampler(num_steps=10), "unipc_nfe10"),
         (UniPCSampler(num_steps=10, order=3, solver_type="bh1"), "unipc3_bh1_nfe10"),

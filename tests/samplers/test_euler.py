@@ -82,6 +82,44 @@ def test_single_steps_match_diffusers_float64(process, karras: bool, prediction_
             x = ours.prev_sample
 
 
+@pytest.mark.parametrize("prediction_type", ["eps", "v"])
+def test_karras_range_matches_diffusers_float64(process, prediction_type: str) -> None:
+    # EDM's sigma_max = 80 (and a raised sigma_min): diffusers' sigma_min / sigma_max options
+    n = 8
+    sampler = EulerSampler(num_steps=n, use_karras_sigmas=True, sigma_min=0.05, sigma_max=80.0, clip_sample=False)
+    state = sampler.init_state(process, prediction_type)
+    assert state.sigmas[0] == pytest.approx(80.0) and state.sigmas[-2] == pytest.approx(0.05)
+    with float64_scheduler(EulerDiscreteScheduler):
+        sched = EulerDiscreteScheduler(
+            trained_betas=process.betas.numpy(), prediction_type=DIFFUSERS_PREDICTION[prediction_type],
+            use_karras_sigmas=True, sigma_min=0.05, sigma_max=80.0,
+        )
+        sched.set_timesteps(n)
+        sched.set_begin_index(0)
+        sched.is_scale_input_called = True
+        set_sigmas(sched, state.sigmas)
+        torch.testing.assert_close(sched.timesteps.double(), state.timesteps, rtol=0, atol=1e-4)
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(3, 5, generator=g, dtype=torch.float64)
+        for i in range(n):
+            out = torch.randn(3, 5, generator=g, dtype=torch.float64)
+            ours = sampler.advance(Scripted([out]), x, state)
+            ref = sched.step(out, sched.timesteps[i], x * math.sqrt(1 + state.sigma(i) ** 2))
+            torch.testing.assert_close(ours.prev_sample * math.sqrt(1 + state.sigma(i + 1) ** 2), ref.prev_sample, rtol=0, atol=1e-10)
+            x = ours.prev_sample
+
+
+def test_karras_range_is_checked(process) -> None:
+    with pytest.raises(ValueError, match=r"sigma_max=500 must lie in the schedule's range \[0.01, 157.4\]"):
+        EulerSampler(use_karras_sigmas=True, sigma_max=500.0).init_state(process, "eps")
+    with pytest.raises(ValueError, match="pass use_karras_sigmas=true"):
+        EulerSampler(sigma_max=80.0)
+    with pytest.raises(ValueError, match="sigma_min must be < sigma_max"):
+        EulerSampler(use_karras_sigmas=True, sigma_min=2.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="sigma_max must be a number > 0 or null"):
+        EulerSampler(use_karras_sigmas=True, sigma_max=0.0)
+
+
 def test_churn_step_matches_diffusers_float64(process) -> None:
     n = 10
     sampler = EulerSampler(num_steps=n, s_churn=3.0, s_tmin=0.5, s_tmax=60.0, clip_sample=False)

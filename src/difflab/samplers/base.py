@@ -295,14 +295,20 @@ class ModelFn:
     steps, passed in x's dtype). A step may call it more than once; ``calls`` counts the
     network evaluations (NFE) of the run.
 
-    Classifier-free guidance belongs here, once for every sampler: evaluate the conditional and
-    the unconditional output and return their guided combination (it then counts as one
-    evaluation of the guided model).
+    Classifier-free guidance lives here, once for every sampler (:mod:`difflab.samplers.guidance`):
+    with ``guidance`` and labels ``y`` the conditional and unconditional passes run as one
+    batched forward (x twice; y, then ``null_label``) and their combination is returned; such
+    an evaluation counts 2 in ``calls`` (w = 1 and w = 0 run one pass and count 1).
+    ``sigma_of_t`` maps a timestep to its noise level, for the guidance interval.
     """
 
-    def __init__(self, model: Callable[..., Tensor], y: Tensor | None = None) -> None:
+    def __init__(self, model: Callable[..., Tensor], y: Tensor | None = None, guidance: Any = None,
+                 null_label: int | None = None, sigma_of_t: Callable[[int | float], float] | None = None) -> None:
         self.model = model
         self.y = y
+        self.guidance = guidance
+        self.null_label = null_label
+        self.sigma_of_t = sigma_of_t
         self.calls = 0
 
     def __call__(self, x: Tensor, t: int | float) -> Tensor:
@@ -310,8 +316,20 @@ class ModelFn:
             t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         else:
             t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        self.calls += 1
-        return self.model(x, t_batch) if self.y is None else self.model(x, t_batch, self.y)
+        if self.guidance is None or self.y is None:
+            self.calls += 1
+            return self.model(x, t_batch) if self.y is None else self.model(x, t_batch, self.y)
+        from difflab.samplers.guidance import apply_guidance
+
+        interval = self.guidance.interval is not None and self.sigma_of_t is not None
+        w = self.guidance.scale_at(self.sigma_of_t(t) if interval else None)
+        if w == 1.0 or w == 0.0:  # one pass: purely conditional / unconditional
+            self.calls += 1
+            return self.model(x, t_batch, self.y if w == 1.0 else torch.full_like(self.y, self.null_label))
+        self.calls += 2
+        y = torch.cat([self.y, torch.full_like(self.y, self.null_label)])
+        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), y).chunk(2)
+        return apply_guidance(cond, uncond, w, self.guidance.rescale)
 
 
 @dataclass
@@ -537,8 +555,10 @@ class SigmaSampler(Sampler):
     The grid is the spaced timesteps (``spacing``, ``steps_offset``: see :func:`make_timesteps`)
     and their sigma = sqrt((1 - alpha-bar) / alpha-bar), or with ``use_karras_sigmas`` the
     noise levels of Karras et al. 2022 (arXiv:2206.00364, eq. 5, exponent ``rho``) between
-    sigma(0) and sigma(T - 1) of the training schedule, each at the fractional timestep that
-    has it (:func:`sigma_to_t`). The grid ends at sigma = 0: the last step returns the clean
+    ``sigma_min`` and ``sigma_max`` (default: sigma(0) and sigma(T - 1) of the training
+    schedule, as diffusers does; EDM uses sigma_max = 80, which spares the steps a schedule
+    such as cosine spends above it, where sigma(T - 1) = 4096), each at the fractional
+    timestep that has it (:func:`sigma_to_t`). The grid ends at sigma = 0: the last step returns the clean
     sample. The default spacing is ``trailing``, so that no step is spent between t = 0 and
     the clean sample (Lin et al. 2023, arXiv:2305.08891).
 
@@ -555,6 +575,8 @@ class SigmaSampler(Sampler):
         spacing: str = "trailing",
         use_karras_sigmas: bool = False,
         rho: float = 7.0,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
         clip_sample: bool = True,
         clip_range: float = 1.0,
         dynamic_thresholding: bool = False,
@@ -566,6 +588,13 @@ class SigmaSampler(Sampler):
             raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
             raise ValueError(f"rho must be a number > 0, got {rho!r}")
+        for key, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"{key} must be a number > 0 or null (the schedule's end), got {value!r}")
+        if sigma_min is not None and sigma_max is not None and not sigma_min < sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min!r} and {sigma_max!r}")
+        if (sigma_min is not None or sigma_max is not None) and not use_karras_sigmas:
+            raise ValueError("sigma_min and sigma_max set the Karras grid: pass use_karras_sigmas=true with them")
         super().__init__(
             num_steps=num_steps,
             spacing=spacing,
@@ -578,6 +607,8 @@ class SigmaSampler(Sampler):
         )
         self.use_karras_sigmas = bool(use_karras_sigmas)
         self.rho = float(rho)
+        self.sigma_min = None if sigma_min is None else float(sigma_min)
+        self.sigma_max = None if sigma_max is None else float(sigma_max)
 
     # ------------------------------------------------------------------ grid and names
     def steps(self, num_train_timesteps: int) -> int:
@@ -609,7 +640,15 @@ class SigmaSampler(Sampler):
             sigmas = table[timesteps]
         else:
             self.steps(process.num_timesteps)
-            sigmas = karras_sigmas(float(table[0]), float(table[-1]), int(self.num_steps), self.rho)
+            lo, hi = float(table[0]), float(table[-1])
+            sigma_min = lo if self.sigma_min is None else self.sigma_min
+            sigma_max = hi if self.sigma_max is None else self.sigma_max
+            if not lo <= sigma_min < sigma_max <= hi * (1 + 1e-12):
+                raise ValueError(
+                    f"sigma_min={sigma_min:g}, sigma_max={sigma_max:g} must lie in the schedule's range "
+                    f"[{lo:.4g}, {hi:.4g}] (the model saw no other noise levels) with sigma_min < sigma_max"
+                )
+            sigmas = karras_sigmas(sigma_min, sigma_max, int(self.num_steps), self.rho)
             timesteps = sigma_to_t(sigmas, table.log())
         return timesteps, torch.cat([sigmas, sigmas.new_zeros(1)])
 
@@ -623,9 +662,15 @@ class SigmaSampler(Sampler):
         raise NotImplementedError
 
     def grid_suffix(self) -> str:
-        """``_karras`` (``_karras_rho<rho>`` off rho = 7) or ``_<spacing>`` off the default spacing."""
+        """``_karras`` (``_karras_rho<rho>`` off rho = 7, then ``_smin<sigma_min>``/``_smax<sigma_max>`` if set)
+        or ``_<spacing>`` off the default spacing."""
         if self.use_karras_sigmas:
-            return "_karras" if self.rho == 7.0 else f"_karras_rho{self.rho:g}"
+            part = "_karras" if self.rho == 7.0 else f"_karras_rho{self.rho:g}"
+            if self.sigma_min is not None:
+                part += f"_smin{self.sigma_min:g}"
+            if self.sigma_max is not None:
+                part += f"_smax{self.sigma_max:g}"
+            return part
         suffix = "" if self.spacing == self.default_spacing else f"_{self.spacing}"
         return suffix + (f"_offset{self.steps_offset}" if self.steps_offset and self.spacing == "leading" else "")
 
