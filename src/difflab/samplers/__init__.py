@@ -1,4 +1,19 @@
-"""Samplers: one file per sampler; ``loop.generate`` runs them through one contract (see ``base``)."""
+"""Samplers: one file per sampler; ``loop.generate`` runs them through one contract (see ``base``).
+
+Options of the ``sampler`` group (``name``: method; NFE per sample for S steps; ``key_part(1000)``):
+
+- ``ddpm``: ancestral DDPM (arXiv:2006.11239); S (all T by default); ``ddpm1000``
+- ``ddim``: DDIM, eta in [0, 1] (arXiv:2010.02502); S; ``ddim50``, ``ddim50_eta1``
+- ``dpm_solver``: DPM-Solver(++) orders 1-3 multistep, SDE variant (arXiv:2206.00927,
+  2211.01095); S; ``dpmpp2m_nfe20``, ``dpmpp3m_sde_karras_nfe20``
+- ``euler``: Euler in sigma with EDM's churn (arXiv:2206.00364); S; ``euler_nfe20``
+- ``euler_ancestral``: Euler ancestral; S; ``euler_a_nfe20``
+- ``heun``: EDM's Heun with churn (arXiv:2206.00364, Algorithm 2); 2S - 1; ``heun_nfe35``
+- ``unipc``: UniPC multistep, bh2 (arXiv:2302.04867); S; ``unipc_nfe20``
+
+Every sampler but DDPM and DDIM also takes ``use_karras_sigmas`` (``rho``, ``sigma_min``,
+``sigma_max``), which makes the model's timesteps fractional.
+"""
 
 from difflab.samplers.base import (
     SPACINGS,
