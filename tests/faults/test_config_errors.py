@@ -47,7 +47,7 @@ def test_image_channels_differ_from_the_backbone(tmp_path, capsys):
     for i in range(4):
         Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(root / f"{i}.png")
     with pytest.raises(SystemExit):
-        run_main(tmp_path / "run", ["data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=3",
+        run_main(tmp_path / "run", ["data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=3", "data.batch_size=2",
                                     "backbone.in_channels=1"])
     line = one_error_line(capsys.readouterr().err)
     assert "(3, 8, 8)" in line and "in_channels" in line

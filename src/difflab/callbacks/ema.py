@@ -69,7 +69,8 @@ class EMA(Callback):
         if self.ema_model is None:
             self.ema_model = uncompiled_copy(pl_module.backbone).eval().requires_grad_(False)
         self.ema_model.to(pl_module.device)
-        pl_module.set_eval_backbone(self.ema_model)  # validation and the sampling callbacks use it
+        if hasattr(pl_module, "set_eval_backbone"):  # validation and the sampling callbacks use it
+            pl_module.set_eval_backbone(self.ema_model)
         if self._pending_state is not None:
             self._load(self._pending_state)
             self._pending_state = None

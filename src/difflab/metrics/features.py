@@ -300,7 +300,8 @@ def _inception_missing_message(path: Path, reason: str) -> str:
         f"  and put it at:  {path}\n"
         "  (the torch hub checkpoints folder; set TORCH_HOME to move it), e.g.\n"
         f"    mkdir -p {path.parent} && curl -L -o {path} {INCEPTION_URL}\n"
-        "  or pass the file explicitly: build_feature_extractor('inception', weights_path=PATH)."
+        "  or give the file: weights_path=PATH (sample.py, callbacks.fid.weights_path, "
+        "build_feature_extractor('inception', weights_path=PATH))."
     )
 
 

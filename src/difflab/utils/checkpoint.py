@@ -71,10 +71,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"checkpoint {path} was refused for safety: it holds Python objects other than tensors and "
                 f"plain containers ({reason}), and unpickling those can run arbitrary code. Checkpoints written "
-                "by train.py hold plain data only; load this file only if you trust its source "
-                "(torch.load(..., weights_only=False)) and re-save its tensors"
+                "by train.py hold plain data only: use one of those (e.g. the run's checkpoints/last.ckpt), "
+                "or ask the file's author for a .safetensors export"
             ) from None
-        raise CheckpointError(f"checkpoint {path} cannot be read ({_short(e)}); the file is damaged or not a checkpoint") from None
+        reason = _unpickler_reason(message) if "WeightsUnpickler" in message else _short(e)
+        raise CheckpointError(f"checkpoint {path} cannot be read ({reason}); the file is damaged or not a checkpoint") from None
     except (RuntimeError, EOFError, KeyError, OSError, ValueError, IndexError, AttributeError) as e:
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({_short(e)}); the file is truncated, damaged or not a PyTorch "
@@ -94,6 +95,8 @@ def _unpickler_reason(message: str) -> str:
 def _short(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     text = text.split(". This is an internal")[0]
+    # never pass on torch's advice to load with weights_only=False
+    text = ". ".join(s for s in text.split(". ") if "weights_only" not in s) or type(e).__name__
     return f"{type(e).__name__}: {text[:200]}"
 
 
