@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from difflab.errors import ConfigError, DifflabError
 from difflab.utils.images import make_grid_uint8, save_png
 from difflab.utils.logging import get_logger
+from difflab.utils.outputs import check_int as _check_int
+from difflab.utils.outputs import output_dir as _output_dir
+from difflab.utils.outputs import resolve_device, write_npz
+from difflab.utils.outputs import sampler_node as _sampler_node
 
 log = get_logger(__name__)
 
@@ -41,30 +44,6 @@ __all__ = ["format_table", "main", "resolve_device", "run", "write_npz"]
 NPZ_NAME = "samples.npz"
 GRID_NAME = "grid.png"
 METRICS_NAME = "metrics.json"
-
-
-# --------------------------------------------------------------------------- inputs
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N`` as given."""
-    name = str(name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: CUDA is not available on this machine; use device=cpu or device=auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name!r}: accepted are auto, cpu, cuda or cuda:N")
-    return device
-
-
-def _check_int(key: str, value: Any, minimum: int, why: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}{why}, got {value!r}")
-    return int(value)
-
 
 
 # --------------------------------------------------------------------------- tables
@@ -81,52 +60,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- files
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def write_npz(path: str | Path, arrays: dict[str, Any]) -> Path:
-    """``np.savez`` without timestamps: the same arrays give the same bytes (no pickles)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, value in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
-    tmp.replace(path)
-    return path
-
-
-def _sampler_node(cfg: DictConfig, ckpt_sampler: dict[str, Any]) -> DictConfig:
-    """The sampler config: a chosen group option (``sampler=ddim``) as is; else the checkpoint's,
-    with any ``+sampler.KEY=VALUE`` overrides merged on top."""
-    ckpt_sampler = {k: v for k, v in ckpt_sampler.items() if k != "prediction_type"}  # older checkpoints
-    node = cfg.get("sampler")
-    if node is None:
-        return OmegaConf.create(ckpt_sampler)
-    if "_target_" in node:
-        return OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    return OmegaConf.merge(OmegaConf.create(ckpt_sampler), OmegaConf.to_container(node, resolve=True))
-
-
-def _output_dir(cfg: DictConfig) -> Path:
-    try:
-        out = cfg.paths.output_dir
-    except Exception:  # composed without Hydra's runtime (e.g. in tests) and not set
-        raise ConfigError("paths.output_dir is not set; run through sample.py or set hydra.run.dir") from None
-    return Path(str(out))
-
-
 # --------------------------------------------------------------------------- run
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample ``n`` images from ``cfg.ckpt``; write samples.npz, grid.png (and metrics.json).
 
     Returns ``{"npz": path, "grid": path, "metrics": rows or [], "sampler": info, "output_dir": dir}``.
     """
+    task = cfg.get("task")
+    if task is not None and str(task.get("name", "generate")) != "generate":
+        from difflab.tasks import run_task  # inpaint, img2img, anomaly: conf/task/
+
+        return run_task(cfg)
     from difflab.build import build_sampler
     from difflab.evaluation import Evaluator, check_metrics, draw, eval_mode, evaluate, sampler_key
     from difflab.utils.checkpoint import load_model

@@ -27,7 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, get_worker_info
 
 from difflab.errors import DifflabError
 
@@ -82,6 +82,18 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
 
 def check_split(split: Any) -> str:
     return check_choice("split", split, SPLITS)
+
+
+def check_classes(name: str, value: Any) -> tuple[int, ...]:
+    """A list of class labels (integers >= 0, no repeats) as a sorted tuple; None or [] is ()."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a list of class labels, e.g. [7], got {value!r}")
+    items = list(value)
+    if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in items):
+        raise ValueError(f"{name} must hold class labels (integers >= 0), got {items!r}")
+    return tuple(sorted({int(c) for c in items}))
 
 
 def subset_indices(total: int, n: int | None, seed: int, what: str = "images") -> torch.Tensor:
@@ -341,9 +353,14 @@ class BaseDataModule(L.LightningDataModule):
             ``num_workers > 0`` and ignored (with a log line) otherwise.
         drop_last: drop the last incomplete training batch (validation keeps all).
         seed: seeds the training shuffle (and random flips), so the order is reproducible.
+        exclude_classes: class labels left out of the training split (and of
+            ``real_images("train")``), e.g. ``[7]`` to train without the digit 7 and score it as
+            an anomaly (``task=anomaly``); the val split keeps every class. The name gains
+            ``_no<c>`` per class (``mnist5k_no7``), so cached real statistics are not mixed up.
+            Needs labelled data (``num_classes`` set).
     """
 
-    name: str = "base"
+    _name: str = "base"
     image_shape: tuple[int, ...] = ()
     num_classes: int | None = None
 
@@ -356,8 +373,11 @@ class BaseDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         drop_last: bool = True,
         seed: int = 0,
+        exclude_classes: Sequence[int] | None = (),
     ) -> None:
         super().__init__()
+        self.exclude_classes = check_classes("exclude_classes", exclude_classes)
+        self._train_keep: torch.Tensor | None = None  # indices into the full training split
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.val_batch_size = (
             self.batch_size if val_batch_size is None else check_int("val_batch_size", val_batch_size, minimum=1)
@@ -372,6 +392,15 @@ class BaseDataModule(L.LightningDataModule):
         self.seed = check_int("seed", seed)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The subclass's name, plus ``_no<c>`` for each excluded class (the pixels differ)."""
+        return self._name + "".join(f"_no{c}" for c in getattr(self, "exclude_classes", ()))
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
     # -- subclass hooks -------------------------------------------------------------------
     def _build(self) -> None:
@@ -392,6 +421,8 @@ class BaseDataModule(L.LightningDataModule):
         if self.train_set is not None and self.val_set is not None:
             return
         self._build()
+        if self.exclude_classes:
+            self._exclude_classes()
         n_train = len(self.train_set)  # type: ignore[arg-type]
         if self.drop_last and n_train < self.batch_size:
             raise ValueError(
@@ -399,6 +430,27 @@ class BaseDataModule(L.LightningDataModule):
                 f"{self.name!r}: with drop_last=true no batch would be left. Use a smaller "
                 f"data.batch_size or data.drop_last=false"
             )
+
+    def _exclude_classes(self) -> None:
+        """Keep the training items whose label is not in ``exclude_classes`` (a Subset)."""
+        excluded = list(self.exclude_classes)
+        if self.num_classes is None:
+            raise ValueError(f"exclude_classes={excluded}: data {self._name!r} has no class labels to exclude")
+        bad = [c for c in excluded if c >= self.num_classes]
+        if bad:
+            raise ValueError(
+                f"exclude_classes={excluded}: {bad} not among the {self.num_classes} classes of {self._name!r} "
+                f"(labels 0..{self.num_classes - 1})"
+            )
+        labels = getattr(self.train_set, "labels", None)
+        if labels is None:
+            raise ValueError(f"exclude_classes={excluded}: the training set of {self._name!r} holds no labels tensor")
+        keep = torch.nonzero(~torch.isin(torch.as_tensor(labels), torch.tensor(excluded))).flatten()
+        if keep.numel() == 0:
+            raise ValueError(f"exclude_classes={excluded} leaves no training items in {self._name!r}")
+        self._train_keep = keep
+        self.train_set = Subset(self.train_set, keep.tolist())
+        info("%s: %d training items without the classes %s", self.name, keep.numel(), excluded)
 
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
@@ -432,7 +484,10 @@ class BaseDataModule(L.LightningDataModule):
         self.setup()
         total = self._split_len(split)
         idx = subset_indices(total, n, seed, what=f"{split} images of {self.name!r}")
-        return self._real_uint8(split, None if n is None or n == total else idx)
+        every = n is None or n == total
+        if split == "train" and self._train_keep is not None:  # indices of the kept items in the full split
+            return self._real_uint8(split, self._train_keep if every else self._train_keep[idx])
+        return self._real_uint8(split, None if every else idx)
 
     def __repr__(self) -> str:
         return (

@@ -27,7 +27,8 @@ class MNIST5kDataModule(BaseDataModule):
             UNets that halve the resolution more than twice.
         random_flip: random horizontal flips (off by default: digits are not symmetric).
         **loader_args: ``batch_size``, ``val_batch_size``, ``num_workers``, ``pin_memory``,
-            ``persistent_workers``, ``drop_last``, ``seed`` (see :class:`BaseDataModule`).
+            ``persistent_workers``, ``drop_last``, ``seed``, ``exclude_classes`` (see
+            :class:`BaseDataModule`).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class MNIST5kDataModule(BaseDataModule):
         persistent_workers: bool = False,
         drop_last: bool = True,
         seed: int = 0,
+        exclude_classes: list[int] | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -50,6 +52,7 @@ class MNIST5kDataModule(BaseDataModule):
             persistent_workers=persistent_workers,
             drop_last=drop_last,
             seed=seed,
+            exclude_classes=exclude_classes,
         )
         self.pad_to_32 = check_bool("pad_to_32", pad_to_32)
         self.random_flip = check_bool("random_flip", random_flip)

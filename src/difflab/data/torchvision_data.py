@@ -126,6 +126,7 @@ class TorchvisionDataModule(BaseDataModule):
         drop_last: bool = True,
         seed: int = 0,
         download_timeout: float = 30.0,
+        exclude_classes: list[int] | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -135,6 +136,7 @@ class TorchvisionDataModule(BaseDataModule):
             persistent_workers=persistent_workers,
             drop_last=drop_last,
             seed=seed,
+            exclude_classes=exclude_classes,
         )
         check_choice("name", name, tuple(SPECS))
         self.dataset = name
