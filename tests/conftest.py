@@ -35,3 +35,28 @@ def compose_train(overrides: list[str] | None = None, output_dir: str | None = N
         cfg.paths.output_dir = output_dir or "/tmp/difflab-test-output"
         cfg.paths.root_dir = str(ROOT)
     return cfg
+
+
+# --------------------------------------------------------------------------- real digits
+@pytest.fixture(scope="session")
+def digits():
+    """The shipped digits feature network (feature passes are the slow part: built once)."""
+    from difflab.metrics import build_feature_extractor
+
+    return build_feature_extractor("digits")
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    from difflab.data.mnist5k import load_mnist5k
+
+    x, y = load_mnist5k("train")
+    return x[:, None], y
+
+
+@pytest.fixture(scope="session")
+def mnist_val():
+    from difflab.data.mnist5k import load_mnist5k
+
+    x, y = load_mnist5k("val")
+    return x[:, None], y

@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped digits network and features of real mnist5k digits.
+"""Shared fixtures: features of real mnist5k digits (the network and the digits: tests/conftest.py).
 
 Feature passes are the slow part, so they run once per session on small, fixed subsets.
 """
@@ -9,25 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.data.mnist5k import load_mnist5k
-from difflab.metrics import build_feature_extractor
-
-
-@pytest.fixture(scope="session")
-def digits():
-    return build_feature_extractor("digits")
-
-
-@pytest.fixture(scope="session")
-def mnist_train():
-    x, y = load_mnist5k("train")
-    return x[:, None], y
-
-
-@pytest.fixture(scope="session")
-def mnist_val():
-    x, y = load_mnist5k("val")
-    return x[:, None], y
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from difflab.metrics import ArrayImages, RealStats, RealStatsCache, real_stats
+from difflab.metrics import RealStats, RealStatsCache
 
 
 def make_key(**overrides):
@@ -85,10 +85,16 @@ def test_compute_fn_must_return_n_rows(tmp_path):
         RealStatsCache(tmp_path).get_or_compute(make_key(), Counter(n_rows=49))
 
 
-def test_real_stats_uses_the_cache(tmp_path, digits, mnist_train, mnist_val, monkeypatch):
-    source = ArrayImages("mnist5k", {"train": mnist_train[0], "val": mnist_val[0]})
-    cache = RealStatsCache(tmp_path)
-    first = real_stats(source, "val", 100, digits, cache, seed=0)
+def test_the_evaluator_reads_real_statistics_back_from_the_cache(tmp_path, digits, mnist_train, mnist_val, monkeypatch):
+    from difflab.evaluation import Evaluator
+
+    class Source:  # the data-module interface the evaluator reads: name, image_shape, real_images
+        name, image_shape = "mnist5k", (1, 28, 28)
+
+        def real_images(self, split, n=None, seed=0):
+            return {"train": mnist_train[0], "val": mnist_val[0]}[split]
+
+    first = Evaluator(Source(), n=100, cache_dir=tmp_path, extractor=digits)._real("val", 0, 100)
     assert isinstance(first, RealStats) and first.n == 100 and first.mu.shape == (128,)
     assert first.key["feature_hash"] == digits.weights_hash and first.key["image_shape"] == [1, 28, 28]
 
@@ -96,27 +102,10 @@ def test_real_stats_uses_the_cache(tmp_path, digits, mnist_train, mnist_val, mon
         raise AssertionError("the cached statistics should have been reused")
 
     monkeypatch.setattr(digits, "extract", no_extract)
-    second = real_stats(source, "val", 100, digits, cache, seed=0)
+    second = Evaluator(Source(), n=100, cache_dir=tmp_path, extractor=digits)._real("val", 0, 100)
     np.testing.assert_array_equal(first.features, second.features)
     monkeypatch.undo()
 
-    third = real_stats(source, "val", 120, digits, cache, seed=0)
+    third = Evaluator(Source(), n=120, cache_dir=tmp_path, extractor=digits)._real("val", 0, 120)
     assert third.n == 120
     assert len(list(tmp_path.glob("*.npz"))) == 2
-
-
-def test_real_stats_without_image_shape_attribute(tmp_path, digits, mnist_val):
-    class Source:  # only the minimal interface: .name and .real_images(split, n, seed)
-        name = "mnist5k"
-        calls = 0
-
-        def real_images(self, split, n, seed):
-            self.calls += 1
-            return mnist_val[0][:n]
-
-    source, cache = Source(), RealStatsCache(tmp_path)
-    first = real_stats(source, "val", 20, digits, cache, seed=3)
-    second = real_stats(source, "val", 20, digits, cache, seed=3)
-    assert first.key["image_shape"] == [1, 28, 28] and first.key["seed"] == 3
-    assert source.calls == 2  # images loaded for the key each time; features computed once
-    np.testing.assert_array_equal(first.features, second.features)
