@@ -155,7 +155,7 @@ class NFETable(Callback):
                                   progress=f"NFE table {sampler.key_part(T)}" if trainer.is_global_zero else False)
             self.floor_values = result.floor
             row: dict[str, Any] = {
-                "sampler": type(sampler).__name__.removesuffix("Sampler").lower(), "key_part": sampler.key_part(T),
+                "sampler": sampler.name, "key_part": sampler.key_part(T),
                 "num_steps": sampler.steps(T), "nfe": sampler.nfe(T), "eta": float(getattr(sampler, "eta", 0.0)),
                 "spacing": getattr(sampler, "spacing", None), "n": self.n, "feature": self.feature,
                 "seconds": round(time.perf_counter() - start, 3), "global_step": step,
