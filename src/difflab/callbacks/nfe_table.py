@@ -194,6 +194,15 @@ class NFETable(Callback):
         log.info("NFE table written to %s and %s", self.csv_path, self.plot_path)
 
 
+def curve_label(row: dict[str, Any]) -> str:
+    """One curve per sampler variant: its key part without the step count or NFE
+    (``ddim50_eta1`` -> ``ddim_eta1``, ``dpmpp2m_nfe10`` -> ``dpmpp2m``)."""
+    import re
+
+    key = str(row.get("key_part") or row["sampler"])
+    return re.sub(r"_nfe\d+$", "", re.sub(r"^(ddim|ddpm)\d+", r"\1", key))
+
+
 def plot_nfe(rows: list[dict[str, Any]], path: str | Path, metric: str = "fid") -> Path:
     """A PNG of ``metric`` against NFE (log scale), one line per sampler, the data floor dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -202,11 +211,9 @@ def plot_nfe(rows: list[dict[str, Any]], path: str | Path, metric: str = "fid") 
     fig = Figure(figsize=(5.5, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    labels = sorted({(r["sampler"], r["eta"]) for r in rows}, key=str)
-    for name, eta in labels:
-        pts = sorted((r["nfe"], r[metric]) for r in rows if (r["sampler"], r["eta"]) == (name, eta) and r.get(metric) is not None)
+    for label in sorted({curve_label(r) for r in rows}):
+        pts = sorted((r["nfe"], r[metric]) for r in rows if curve_label(r) == label and r.get(metric) is not None)
         if pts:
-            label = name if name != "ddim" or eta == 0 else f"{name} eta={eta:g}"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     floors = [r[f"floor_{metric}"] for r in rows if r.get(f"floor_{metric}") is not None]
     if floors:
