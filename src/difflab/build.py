@@ -30,6 +30,7 @@ log = get_logger(__name__)
 
 __all__ = [
     "build_callbacks",
+    "build_conditioning",
     "build_core",
     "build_datamodule",
     "build_loggers",
@@ -121,7 +122,25 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
     """The DiffusionModule; the optimizer is built once here, so a bad optimizer argument
     fails before any logger starts."""
     process, objective, sampler = build_core(cfg)
-    backbone = instantiate(cfg.backbone, "backbone")
+    conditioning = build_conditioning(cfg)
+    backbone_kwargs = {}
+    if conditioning.num_classes is not None:  # the class embedding follows the data set
+        given = cfg.backbone.get("num_classes")
+        if given is not None and given != conditioning.num_classes:
+            raise ConfigError(
+                f"backbone.num_classes={given} but conditioning=class takes num_classes={conditioning.num_classes} "
+                "from the data set; drop the backbone.num_classes override"
+            )
+        backbone_kwargs["num_classes"] = conditioning.num_classes
+        if config_dict is not None and isinstance(config_dict.get("backbone"), dict):
+            config_dict["backbone"]["num_classes"] = conditioning.num_classes  # checkpoints rebuild it
+    elif cfg.backbone.get("num_classes") is not None:
+        log.warning(
+            "backbone.num_classes=%s without conditioning=class: every batch is trained with its labels (no label "
+            "dropout), so the null label that guidance needs stays untrained; use conditioning=class",
+            cfg.backbone.num_classes,
+        )
+    backbone = instantiate(cfg.backbone, "backbone", **backbone_kwargs)
     check_backbone(backbone, image_shape)
     optimizer = instantiate(cfg.optimizer, "optimizer")
     lr = cfg.optimizer.get("lr")
@@ -145,12 +164,23 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         channels_last=cfg.channels_last,
         image_shape=image_shape,
         config=config_dict,
+        conditioning=conditioning if conditioning.num_classes is not None else None,
     )
     if cfg.get("compile"):
         # in place: the state-dict keys stay those of the plain backbone, so checkpoints of
         # compiled and plain runs load into each other
         module.backbone.compile()
     return module
+
+
+def build_conditioning(cfg: DictConfig) -> Any:
+    """``cfg.conditioning`` (``NoConditioning`` when absent, e.g. in an older checkpoint's config)."""
+    from difflab.conditioning import NoConditioning
+
+    node = cfg.get("conditioning")
+    if node is None:
+        return NoConditioning()
+    return instantiate(node, "conditioning")
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:

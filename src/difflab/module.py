@@ -54,6 +54,9 @@ class DiffusionModule(L.LightningModule):
         channels_last: use channels-last memory format for 4-D inputs and the backbone.
         image_shape: shape of one sample, (C, H, W) or (D,); what sampling callbacks draw.
         config: the resolved run config as a plain dict, stored as hyperparameters.
+        conditioning: a :class:`~difflab.conditioning.ClassConditioning` for class-conditional
+            training with label dropout (classifier-free guidance, arXiv:2207.12598); None:
+            unconditional (labels are dropped, unless the backbone itself has ``num_classes``).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool = False,
         image_shape: tuple[int, ...] | list[int] | None = None,
         config: dict[str, Any] | None = None,
+        conditioning: Any = None,
     ) -> None:
         super().__init__()
         if lr_warmup_steps < 0:
@@ -89,6 +93,7 @@ class DiffusionModule(L.LightningModule):
         self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
         self.channels_last = bool(channels_last)
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.conditioning = conditioning
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         # Plain dicts only: checkpoints then load with torch.load(weights_only=True).
@@ -114,6 +119,13 @@ class DiffusionModule(L.LightningModule):
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         conditional = getattr(self.backbone, "num_classes", None)
+        if self.conditioning is not None:
+            if y is None or bool((y < 0).any()) or bool((y >= self.conditioning.num_classes).any()):
+                raise DifflabError(
+                    f"conditioning=class needs a label in [0, {self.conditioning.num_classes - 1}] for every image, "
+                    "but a batch has unlabelled (-1) or out-of-range labels; use conditioning=none for this data"
+                )
+            return x0, y.long()
         if not conditional or y is None or bool((y < 0).any()):
             y = None
         return x0, y
@@ -131,7 +143,10 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x0, y = self._prepare(batch)
         seed = _mix_seed(self.seed, self.global_rank, self.global_step, batch_idx)
-        out = self.objective(self.backbone, self.process, x0, self._generator(seed), y=y)
+        generator = self._generator(seed)
+        if self.conditioning is not None and y is not None:  # label dropout: the null label's share of the batch
+            y = self.conditioning.drop_labels(y, generator)
+        out = self.objective(self.backbone, self.process, x0, generator, y=y)
         loss = out.loss_per_sample.mean()
         # Loss per timestep quarter: where in the chain the model still has to learn. A quarter
         # that no sample of this batch fell into logs nothing (a 0 would read as a perfect fit).

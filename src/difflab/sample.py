@@ -97,6 +97,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     sampler = build_sampler(sampler_cfg, model.process.num_timesteps)
     T = model.process.num_timesteps
     info = {"sampler": sampler_key(sampler, T), "nfe": sampler.nfe(T), "config": repr(sampler)}
+    labels, label_scheme, guidance = _labels_and_guidance(cfg, n, model)
+    if labels is not None:
+        from difflab.samplers.guidance import guidance_key, guided_nfe
+
+        info["nfe"] = guided_nfe(model.process, sampler, model.objective.target, guidance)
+        info["guidance"] = guidance_key(guidance, info["nfe"], label_scheme)
     evaluator = None
     if metrics:
         if len(model.image_shape) != 3:
@@ -124,12 +130,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with eval_mode(backbone):
         if evaluator is not None:
             result = evaluate(backbone, process, sampler, model.objective.target, evaluator, seed, batch_size, device,
-                              progress=progress, keep_samples=True)
+                              progress=progress, keep_samples=True, labels=labels, guidance=guidance,
+                              label_scheme=label_scheme)
             samples = result.samples
         else:
             result = None
             samples = torch.cat([x for _, x in draw(backbone, process, sampler, model.objective.target, model.image_shape,
-                                                    n, seed, batch_size, device, batches=None, progress=progress)])
+                                                    n, seed, batch_size, device, batches=None, progress=progress,
+                                                    labels=labels, guidance=guidance)])
     seconds = time.perf_counter() - start
 
     # 4. files
@@ -150,14 +158,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": np.array(str(cfg.ckpt)),
         "global_step": np.array(-1 if model.global_step is None else model.global_step, dtype=np.int64),
         "protocol": np.array(json.dumps(protocol, sort_keys=True)),
+        **({} if labels is None else {"labels": labels.numpy().astype(np.int64)}),
     }
     npz = write_npz(out_dir / NPZ_NAME, arrays)
     grid = None
     if grid_n and images:
-        grid = save_png(make_grid_uint8(samples[:grid_n]), out_dir / GRID_NAME)
+        from difflab.conditioning import class_grid
+
+        rows = None if labels is None else class_grid(samples, labels, model.backbone.num_classes, grid_n)
+        tiles, cols = rows if rows is not None else (samples[:grid_n], None)  # one class per row when possible
+        grid = save_png(make_grid_uint8(tiles, nrow=cols), out_dir / GRID_NAME)
     elif grid_n:
         grid = _scatter(model, samples, out_dir / GRID_NAME)
-    print(f"{n} samples ({info['sampler']}, {info['nfe']} NFE, {seconds:.1f} s) -> {npz}")
+    what = info["sampler"] + (f", {info['guidance']}" if labels is not None else "")
+    print(f"{n} samples ({what}, {info['nfe']} NFE, {seconds:.1f} s) -> {npz}")
 
     # 5. metrics
     rows: list[dict[str, Any]] = []
@@ -169,6 +183,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(format_table(rows))
         print(f"metrics -> {out_dir / METRICS_NAME}")
     return {"npz": npz, "grid": grid, "metrics": rows, "sampler": info, "output_dir": out_dir}
+
+
+def _labels_and_guidance(cfg: DictConfig, n: int, model: Any) -> tuple[Any, str | None, Any]:
+    """(labels (n,), label scheme, Guidance) from ``labels=`` / ``class=`` / ``guidance_*``:
+    conditional checkpoints draw ``labels=uniform`` by default; (None, None, None) for
+    unconditional ones, which take none of these (one-line error)."""
+    from difflab.conditioning import sampling_guidance, sampling_labels
+
+    num_classes = getattr(model.backbone, "num_classes", None)
+    labels = cfg.get("labels")
+    labels = OmegaConf.to_container(labels) if OmegaConf.is_config(labels) else labels
+    try:
+        y, scheme = sampling_labels(labels, cfg.get("class"), n, num_classes)
+        guidance = sampling_guidance(cfg.get("guidance_scale"), cfg.get("guidance_rescale"),
+                                     cfg.get("guidance_interval"), num_classes, model.config.get("conditioning"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return y, scheme, guidance
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:

@@ -7,6 +7,11 @@ scores, which go into ``trainer.callback_metrics`` (what sweepers read and ``Mod
 may monitor). Rank 0 logs them under protocol keys (``fid/digits/ddim50_eta1/n1000``), the
 data floor once per run (``fid_floor/digits/n1000``), the protocol into the logger's config
 (``fid_protocol``) and ``<run dir>/fid/step_XXXXXXX.json``.
+
+A class-conditional model (``conditioning=class``) is scored over a balanced label set
+(sample i of class i mod K) with the run's guidance (``conditioning.guidance_scale``); the
+key then carries the guidance (``fid/digits/ddim50_eta1_cfg2_nfe100_uniform/n1000``) and, on
+digits, the class accuracy of the samples is logged too (``acc/digits/...``).
 """
 
 from __future__ import annotations
@@ -135,10 +140,17 @@ class FID(Callback):
             return self.last_result
         self._last_step = step
         sampler = self.sampler or pl_module.sampler
+        conditioning = getattr(pl_module, "conditioning", None)
+        labels = guidance = None
+        if conditioning is not None:  # a balanced label set, with the run's guidance
+            from difflab.conditioning import balanced_labels
+
+            labels, guidance = balanced_labels(self.n, conditioning.num_classes), conditioning.guidance
         with evaluation_backbone(pl_module) as model:
             result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, self.evaluator,
                               self.seed, self.batch_size, pl_module.device,
-                              progress=f"FID n={self.n}" if trainer.is_global_zero else False)
+                              progress=f"FID n={self.n}" if trainer.is_global_zero else False,
+                              labels=labels, guidance=guidance, label_scheme="uniform")
         values = dict(result.scores)
         if not self._floor_logged:
             values.update(result.floor)

@@ -4,6 +4,9 @@ Each grid is written to ``<run dir>/samples/step_XXXXXXX.png`` and logged to eve
 that takes images (W&B, TensorBoard). Under DDP only rank 0 samples and logs, once.
 2-D points (data=toy2d) get a scatter plot of ``num_points`` samples over held-out data
 points in place of the grid, under the same file names and logger key.
+
+A class-conditional model (``conditioning=class``) draws one class per row, with the
+guidance of ``conditioning.guidance_scale`` (the caption names the rows and w).
 """
 
 from __future__ import annotations
@@ -66,20 +69,41 @@ class SampleGrid(PeriodicImageCallback):
         """``num_points`` samples (N, D) of point data, from the fixed seed, on the CPU."""
         return self._draw(pl_module, self.num_points, tuple(pl_module.image_shape))
 
-    def _draw(self, pl_module: L.LightningModule, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def class_rows(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, int] | None:
+        """(labels, columns) of a conditional model's grid: class k fills row k, with
+        ``num_samples // num_classes`` columns (at least 1); None for unconditional models."""
+        conditioning = getattr(pl_module, "conditioning", None)
+        if conditioning is None:
+            return None
+        k = int(conditioning.num_classes)
+        cols = max(1, self.num_samples // k)
+        return torch.arange(k).repeat_interleave(cols), cols
+
+    def _draw(self, pl_module: L.LightningModule, n: int, shape: tuple[int, ...],
+              labels: torch.Tensor | None = None) -> torch.Tensor:
         """The first n samples of the evaluation protocol at ``seed`` (what sample.py draws at
         that seed): uint8 images, float points; a bar of denoising steps on rank 0."""
         trainer = getattr(pl_module, "_trainer", None)
         show = "sample grid" if trainer is None or trainer.is_global_zero else False
+        guidance = None if labels is None else pl_module.conditioning.guidance
         with evaluation_backbone(pl_module) as model:
             ((_, x),) = draw(model, pl_module.process, self.sampler or pl_module.sampler, pl_module.objective.target,
-                             shape, n, self.seed, n, pl_module.device, batches=[0], progress=show)
+                             shape, n, self.seed, n, pl_module.device, batches=[0], progress=show,
+                             labels=labels, guidance=guidance)
         return x
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:
         shape = getattr(pl_module, "image_shape", None)
         if shape is not None and tuple(shape) == (2,):
             return self.render_points(trainer, pl_module)
+        rows = self.class_rows(pl_module)
+        if rows is not None:
+            labels, cols = rows
+            x = self._draw(pl_module, len(labels), image_shape_of(pl_module, "SampleGrid"), labels)
+            g = pl_module.conditioning.guidance
+            caption = (f"step {trainer.global_step}: one class per row, classes 0-{int(labels[-1])} top to bottom, "
+                       f"guidance w={g.scale:g}")
+            return make_grid_uint8(x, nrow=cols), caption
         return make_grid_uint8(self.sample(pl_module)), f"step {trainer.global_step}"
 
     def render_points(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:

@@ -304,7 +304,8 @@ def split_files(files: Sequence[str], val_fraction: float, split_seed: int) -> t
 
 
 class ImageFileDataset(Dataset):
-    """Decodes one file per item; x float32 in [-1, 1], y = -1 (no labels)."""
+    """Decodes one file per item; x float32 in [-1, 1], y = the file's class index from
+    ``labels`` (one per file), else -1 (no labels)."""
 
     def __init__(
         self,
@@ -316,9 +317,11 @@ class ImageFileDataset(Dataset):
         alpha: str = "white",
         random_flip: bool = False,
         seed: int = 0,
+        labels: Sequence[int] | None = None,
     ) -> None:
         self.root = Path(root)
         self.files = list(files)
+        self.labels = list(labels) if labels is not None else None
         self.image_size, self.channels = image_size, channels
         self.center_crop, self.alpha = center_crop, alpha
         self.random_flip = random_flip
@@ -338,11 +341,15 @@ class ImageFileDataset(Dataset):
         a = self.load_uint8(index)
         if self.random_flip and bool(self._flip.mask(1)[0]):
             a = a[..., ::-1]
-        return uint8_to_unit(a), torch.tensor(-1, dtype=torch.int64)
+        label = -1 if self.labels is None else self.labels[index]
+        return uint8_to_unit(a), torch.tensor(label, dtype=torch.int64)
 
 
 class ImageFolderDataModule(BaseDataModule):
-    """Any folder of images, searched recursively; unlabelled (y = -1).
+    """Any folder of images, searched recursively; unlabelled (y = -1), or with
+    ``class_folders`` labelled by subfolder: every image lies under ``root/<class name>/``
+    (at any depth below it), the classes are the sorted names of the subfolders of ``root``
+    and the label of an image is its class's index (for ``conditioning=class``).
 
     Args:
         root: the folder.
@@ -358,6 +365,10 @@ class ImageFolderDataModule(BaseDataModule):
             files are ignored and counted in a log line.
         alpha: transparent pixels composited on "white" (default) or "black", or "drop"
             the alpha channel.
+        class_folders: label each image by the subfolder of ``root`` it lies in (sorted names
+            -> 0..K-1, in ``class_names``); the constructor lists the subfolders for
+            ``num_classes``. Images directly in ``root`` or a subfolder without images stop
+            setup with a one-line error.
         cache_dir: where the check manifest is kept (default ``$DIFFLAB_CACHE_DIR`` or
             ``~/.cache/difflab/image_folder``); None-like ``""`` disables it.
         **loader_args: see :class:`BaseDataModule`.
@@ -378,6 +389,7 @@ class ImageFolderDataModule(BaseDataModule):
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         alpha: str = "white",
         split_seed: int = 0,
+        class_folders: bool = False,
         cache_dir: str | None = None,
         batch_size: int = 64,
         val_batch_size: int | None = None,
@@ -423,7 +435,13 @@ class ImageFolderDataModule(BaseDataModule):
         key = f"{self.root}|{self.image_size}|{self.channels}|{self.center_crop}|{self.alpha}"
         self.name = "image_folder:" + hashlib.sha1(key.encode()).hexdigest()[:12]
         self.image_shape = (self.channels, self.image_size, self.image_size)
-        self.num_classes = None
+        self.class_folders = check_bool("class_folders", class_folders)
+        self.class_names: list[str] = []
+        if self.class_folders and self.root.is_dir():  # one directory listing: num_classes for the config
+            self.class_names = sorted(
+                e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
+            )
+        self.num_classes = len(self.class_names) if self.class_folders else None
         self.num_skipped = 0
         self.skipped_files: list[str] = []
         self.num_ignored = 0
@@ -492,12 +510,35 @@ class ImageFolderDataModule(BaseDataModule):
         common = dict(
             image_size=self.image_size, channels=self.channels, center_crop=self.center_crop, alpha=self.alpha
         )
-        self.train_set = ImageFileDataset(self.root, train, random_flip=self.random_flip, seed=self.seed, **common)
-        self.val_set = ImageFileDataset(self.root, val, **common)
+        train_labels = val_labels = None
+        if self.class_folders:
+            label_of = self._class_labels(good)
+            train_labels, val_labels = [label_of[f] for f in train], [label_of[f] for f in val]
+        self.train_set = ImageFileDataset(self.root, train, random_flip=self.random_flip, seed=self.seed,
+                                          labels=train_labels, **common)
+        self.val_set = ImageFileDataset(self.root, val, labels=val_labels, **common)
         info(
             "image_folder %s: %d train / %d val images, %s; ignored %d non-image files; skipped %d corrupt",
             self.root, len(train), len(val), self.image_shape, self.num_ignored, self.num_skipped,
         )
+
+    def _class_labels(self, files: Sequence[str]) -> dict[str, int]:
+        """{relative path: class index} from the first path component (``class_folders``)."""
+        loose = [f for f in files if "/" not in f]
+        if loose:
+            raise DataNotFoundError(
+                f"data.class_folders=true needs every image in a class subfolder of {self.root}, but {len(loose)} lie "
+                f"directly in it (e.g. {self.root / loose[0]}); move them into a subfolder or set data.class_folders=false"
+            )
+        index = {name: i for i, name in enumerate(self.class_names)}
+        found = {f.split("/", 1)[0] for f in files}
+        empty = [name for name in self.class_names if name not in found]
+        if empty or not found <= set(index):
+            raise DataNotFoundError(
+                f"data.class_folders=true: the subfolders of {self.root} changed since the config was built, or some "
+                f"hold no images ({', '.join(empty) or 'new folders'}); every class subfolder needs images"
+            )
+        return {f: index[f.split("/", 1)[0]] for f in files}
 
     def _real_uint8(self, split: str, indices: torch.Tensor | None) -> torch.Tensor:
         ds: ImageFileDataset = self.train_set if split == "train" else self.val_set  # type: ignore[assignment]

@@ -46,6 +46,7 @@ from difflab.evaluation.protocol import (
 from difflab.metrics.cache import RealStats, RealStatsCache
 from difflab.metrics.features import FeatureExtractor, available_feature_extractors, build_feature_extractor
 from difflab.samplers import Sampler, generate
+from difflab.samplers.guidance import Guidance, guidance_key, guided_nfe
 from difflab.utils.images import to_uint8
 
 __all__ = ["METRICS", "EvalResult", "Evaluator", "check_metrics", "draw", "evaluate"]
@@ -84,14 +85,21 @@ def draw(
     batches: Sequence[int] | None = None,
     progress: bool | str = False,
     labels: torch.Tensor | None = None,
+    guidance: Guidance | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(batch index, samples)`` of the protocol's n samples, quantised to uint8 for
     image shapes (C, H, W) (the bytes a PNG holds), float for other shapes.
 
     ``batches`` picks which batches to draw (default: this rank's share, :func:`rank_batches`).
     ``progress`` shows a bar of denoising steps over all the batches drawn (a str names it).
-    ``labels`` (n,) are the class labels of all n samples, for conditional models.
+    ``labels`` (n,) are the class labels of all n samples, for conditional models;
+    ``guidance`` the classifier-free guidance they are drawn with (:mod:`difflab.samplers.guidance`).
     """
+    if guidance is not None and labels is None:
+        raise ValueError("guidance needs labels: give the n class labels (e.g. difflab.conditioning.balanced_labels)")
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for n={n} samples; give one label per sample")
+    g = guidance or Guidance()
     if batches is None:
         batches = rank_batches(n, batch_size, *dist_info())
     steps = sampler.nfe(process.num_timesteps) * len(batches)
@@ -106,6 +114,7 @@ def draw(
                 model, process, sampler, (len(idx), *shape), sample_generators(seed, idx), progress=False,
                 prediction_type=prediction_type, device=device, y=y,
                 on_step=lambda i, total: bar.update(steps_per_call),
+                guidance_scale=g.scale, guidance_rescale=g.rescale, guidance_interval=g.interval,
             )
             yield b, (to_uint8(x) if len(shape) == 3 else x.float()).cpu()
     finally:
@@ -229,6 +238,20 @@ class Evaluator:
         """The size of the real reference: n, or all the training images when there are fewer."""
         return min(self.n, self._sizes()[0])
 
+    # ------------------------------------------------------------------ class accuracy
+    def scores_accuracy(self) -> bool:
+        """Whether the feature network is a classifier of this data set's classes: the digits
+        network (``logits``, 10 classes) on MNIST-like digits (not Fashion-MNIST, whose 10
+        classes are not digits)."""
+        name = str(getattr(self.data, "name", "")).lower()
+        return (hasattr(self.extractor, "logits") and getattr(self.data, "num_classes", None) == 10
+                and "mnist" in name and "fashion" not in name)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's class (argmax of ``logits``) of uint8 images (N, C, H, W)."""
+        with torch.inference_mode():
+            return self.extractor.logits(images.to(self.extractor.device)).argmax(dim=1)
+
     # ------------------------------------------------------------------ metrics
     def _metrics(self, reference: RealStats, n_fake: int | None, sync: bool) -> dict[str, Any]:
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -327,35 +350,72 @@ def evaluate(
     progress: bool | str = False,
     keep_samples: bool = False,
     labels: torch.Tensor | None = None,
-    guidance: str | None = None,
+    guidance: Guidance | str | None = None,
+    label_scheme: str | None = None,
 ) -> EvalResult:
     """Draw ``evaluator.n`` samples (this rank's share), score them, name the result.
 
     A collective under DDP: every rank calls it. ``keep_samples`` returns this rank's uint8
     samples in sample order (sample.py writes them).
+
+    Conditional models: ``labels`` (n,) are the samples' classes (``balanced_labels`` for FID
+    over a balanced set) and ``guidance`` a :class:`Guidance`; the key then carries the guidance
+    part ``cfg<w>..._nfe<NFE>_<label_scheme>`` (:func:`guidance_key`: a guided evaluation counts
+    2 NFE), and with a classifier feature network (``digits`` on MNIST-like data) the class
+    accuracy of the samples is scored too (``acc/digits/...``): the share of samples the
+    classifier assigns to the class they were drawn for. (A str ``guidance`` is appended to
+    the key as it is.)
     """
     n = evaluator.n
     kept: list[torch.Tensor] = []
+    accuracy = labels is not None and evaluator.scores_accuracy()
+    correct = torch.zeros((), dtype=torch.float64)
+    drawn = torch.zeros((), dtype=torch.float64)
+    draw_guidance = guidance if isinstance(guidance, Guidance) else None
+    if labels is not None and draw_guidance is None:
+        draw_guidance = Guidance()  # purely conditional
 
     def images() -> Iterator[torch.Tensor]:
-        for _, x in draw(model, process, sampler, prediction_type, evaluator.data.image_shape, n, seed,
-                         batch_size, device, progress=progress, labels=labels):
+        nonlocal correct, drawn
+        for b, x in draw(model, process, sampler, prediction_type, evaluator.data.image_shape, n, seed,
+                         batch_size, device, progress=progress, labels=labels, guidance=draw_guidance):
             if keep_samples:
                 kept.append(x)
+            if accuracy:
+                idx = batch_indices(n, batch_size, b)
+                predicted = evaluator.classify(x).cpu()
+                correct = correct + (predicted == labels[idx.start : idx.stop].cpu()).sum().double()
+                drawn = drawn + len(idx)
             yield x
 
     values = evaluator.score(images(), n, seed)
     part = sampler_key(sampler, process.num_timesteps)
-    scores = {protocol_key(m, evaluator.feature, part, n, guidance): values[m] for m in evaluator.metrics}
+    nfe = sampler.nfe(process.num_timesteps)
+    if not isinstance(guidance, str) and (isinstance(guidance, Guidance) or labels is not None):
+        nfe = guided_nfe(process, sampler, prediction_type, draw_guidance)
+        guidance = guidance_key(draw_guidance, nfe, label_scheme or "labels")
+    metrics = list(evaluator.metrics)
+    if accuracy:
+        totals = torch.stack([correct, drawn])
+        if dist_info()[1] > 1:
+            on = evaluator.extractor.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+            totals = totals.to(on)
+            torch.distributed.all_reduce(totals)
+        values["acc"] = float(totals[0] / totals[1].clamp_min(1))
+        metrics.append("acc")
+    scores = {protocol_key(m, evaluator.feature, part, n, guidance): values[m] for m in metrics}
     floor = evaluator.floor()
     rank, world = dist_info()
     protocol = {
-        "sampler": part, "sampler_config": repr(sampler), "nfe": sampler.nfe(process.num_timesteps), "n": n,
+        "sampler": part, "sampler_config": repr(sampler), "nfe": nfe, "n": n,
         "seed": seed, "batch_size": batch_size, "world_size": world, "feature": evaluator.feature,
         "feature_hash": evaluator.extractor.weights_hash, "n_real": evaluator.n_real,
         "real": {"dataset": evaluator.data.name, "split": "train", "seed": evaluator.real_seed},
         "kid": {"subsets": KID_SUBSETS, "subset_size": min(KID_SUBSET_SIZE, n, evaluator.n_real)},
-        "guidance": guidance,
+        "guidance": guidance, "labels": label_scheme if labels is not None else None,
+        "guidance_config": None if draw_guidance is None else {
+            "scale": draw_guidance.scale, "rescale": draw_guidance.rescale,
+            "interval": None if draw_guidance.interval is None else list(draw_guidance.interval)},
     }
     samples = torch.cat(kept) if kept else None
     return EvalResult(scores=scores, floor=floor, protocol=protocol, values=values, samples=samples)

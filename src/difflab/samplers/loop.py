@@ -62,6 +62,10 @@ def generate(
     y: Tensor | None = None,
     device: torch.device | str | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
+    guidance_interval: Sequence[float] | None = None,
+    null_label: int | None = None,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Sample a batch of shape ``shape`` with ``sampler`` (Ho et al. 2020, arXiv:2006.11239, Algorithm 2).
 
@@ -76,6 +80,14 @@ def generate(
     ``prediction_type`` says what it outputs (``eps | x0 | v``: the trained objective's target,
     stored with the model). The model's train/eval mode is left as
     it is. ``on_step(i, num_steps)`` is called after step i (0-based), e.g. to show progress.
+
+    Classifier-free guidance (:mod:`difflab.samplers.guidance`), for every sampler: with labels
+    ``y`` the model output is ``u + guidance_scale (c - u)`` of the conditional and the
+    unconditional (``null_label``, default ``model.num_classes``) passes, run as one batched
+    forward (1: purely conditional, the default; 0: unconditional); ``guidance_rescale``
+    (Lin et al. 2023, arXiv:2305.08891) and ``guidance_interval`` [sigma_lo, sigma_hi]
+    (Kynkäänniemi et al. 2024, arXiv:2404.07724) as described there. A guided evaluation
+    counts 2 NFE in the trajectory.
 
     Returns the final sample (float, roughly in [-1, 1] for image data), or
     ``(sample, Trajectory)`` when ``return_trajectory``. Runs under ``torch.inference_mode()``:
@@ -96,7 +108,24 @@ def generate(
     state = sampler.init_state(process, prediction_type)
     if y is not None:
         y = y.to(device)
-    model_fn = ModelFn(model, y)
+    guidance = None
+    if guidance_scale != 1.0 or guidance_rescale or guidance_interval is not None:
+        from difflab.samplers.guidance import Guidance
+
+        guidance = Guidance(guidance_scale, guidance_rescale,
+                            tuple(guidance_interval) if guidance_interval is not None else None)
+        if y is None:
+            raise ValueError("guidance_scale != 1 needs class labels y (guidance mixes the conditional and unconditional outputs)")
+        null_label = getattr(model, "num_classes", None) if null_label is None else null_label
+        if null_label is None:
+            raise ValueError("guidance needs the null label of a class-conditional model: pass null_label or a model with num_classes")
+    sigma_of_t = None
+    if guidance is not None and guidance.interval is not None:
+        from difflab.samplers.base import t_to_sigma, vp_sigmas
+
+        log_sigmas = vp_sigmas(process).log()
+        sigma_of_t = lambda t: float(t_to_sigma(torch.tensor(float(t)), log_sigmas))  # noqa: E731
+    model_fn = ModelFn(model, y, guidance=guidance, null_label=null_label, sigma_of_t=sigma_of_t)
 
     x_t = randn(shape, generator, device)
     trajectory = Trajectory(timesteps=state.timesteps.clone(), x_t=[x_t], pred_x0=[])

@@ -68,6 +68,17 @@ def data_shape(data_node: Any, index: Any = None) -> Any:
     return shape if index is None else shape[int(index)]
 
 
+def data_num_classes(data_node: Any) -> int | None:
+    """Resolve ``${dl.num_classes:${data}}`` (conf/conditioning/class.yaml): the data set's number
+    of classes, None when it has no labels (the constructor does no I/O, except that
+    ``data=image_folder data.class_folders=true`` lists the subfolders of its root)."""
+    import hydra
+
+    dm = hydra.utils.instantiate(data_node)
+    k = getattr(dm, "num_classes", None)
+    return None if k is None else int(k)
+
+
 def metric_key(metric: str = "fid", *, _root_: Any) -> str:
     """Resolve ``${dl.metric_key:fid}``: the key the FID callback logs its score under in this run.
 
@@ -106,6 +117,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("dl.metric_key", metric_key)
     if not OmegaConf.has_resolver("dl.data_shape"):
         OmegaConf.register_new_resolver("dl.data_shape", data_shape)
+    if not OmegaConf.has_resolver("dl.num_classes"):
+        OmegaConf.register_new_resolver("dl.num_classes", data_num_classes)
     if not OmegaConf.has_resolver("dl.precision"):
         OmegaConf.register_new_resolver("dl.precision", auto_precision)
     if not OmegaConf.has_resolver("dl.channels_last"):
