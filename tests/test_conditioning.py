@@ -196,3 +196,8 @@ def test_conditioning_class_on_unlabelled_data_fails_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="needs labelled data") as e:
         build_conditioning(cfg)
     assert "\n" not in str(e.value)
+
+
+def test_metric_key_of_a_conditional_run_carries_the_guidance(tmp_path):
+    cfg = compose_train(["experiment=mnist5k_cfg", "optimized_metric=${dl.metric_key:fid}"], output_dir=str(tmp_path))
+    assert cfg.optimized_metric == "fid/digits/ddim50_eta1_cfg2_nfe100_uniform/n1000"  # 50 guided steps: 100 NFE

@@ -147,16 +147,23 @@ class NFETable(Callback):
                               floor=self.floor)
         step = trainer.global_step
         self.rows = []
+        conditioning = getattr(pl_module, "conditioning", None)
+        labels = guidance = None
+        if conditioning is not None:  # balanced labels and the run's guidance, as the FID callback
+            from difflab.conditioning import balanced_labels
+
+            labels, guidance = balanced_labels(self.n, conditioning.num_classes), conditioning.guidance
         for sampler in self.build_samplers(T):
             start = time.perf_counter()
             with evaluation_backbone(pl_module) as model:
                 result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, evaluator, self.seed,
                                   self.batch_size, pl_module.device,
-                                  progress=f"NFE table {sampler.key_part(T)}" if trainer.is_global_zero else False)
+                                  progress=f"NFE table {sampler.key_part(T)}" if trainer.is_global_zero else False,
+                                  labels=labels, guidance=guidance, label_scheme="uniform")
             self.floor_values = result.floor
             row: dict[str, Any] = {
                 "sampler": sampler.name, "key_part": sampler.key_part(T),
-                "num_steps": sampler.steps(T), "nfe": sampler.nfe(T), "eta": float(getattr(sampler, "eta", 0.0)),
+                "num_steps": sampler.steps(T), "nfe": result.protocol["nfe"], "eta": float(getattr(sampler, "eta", 0.0)),
                 "spacing": getattr(sampler, "spacing", None), "n": self.n, "feature": self.feature,
                 "seconds": round(time.perf_counter() - start, 3), "global_step": step,
                 "kid_std": result.values.get("kid_std"),

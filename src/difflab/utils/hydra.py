@@ -97,7 +97,19 @@ def metric_key(metric: str = "fid", *, _root_: Any) -> str:
         raise ValueError(f"${{dl.metric_key:{metric}}} needs the FID callback; keep callbacks.fid (it is in callbacks=default)")
     node = fid.get("sampler") or _root_.sampler
     sampler = hydra.utils.instantiate(node)
-    return protocol_key(metric, str(fid.feature), sampler_key(sampler, int(_root_.schedule.num_timesteps)), int(fid.n))
+    guidance = None
+    conditioning = OmegaConf.select(_root_, "conditioning")
+    if conditioning is not None and conditioning.get("num_classes") is not None:
+        # conditioning=class: the FID callback scores balanced labels under the run's guidance
+        from difflab.conditioning import ClassConditioning
+        from difflab.samplers.guidance import guidance_key, guided_nfe
+
+        g = ClassConditioning(int(conditioning.num_classes), 0.0, conditioning.get("guidance_scale", 2.0),
+                              conditioning.get("guidance_rescale", 0.0), conditioning.get("guidance_interval")).guidance
+        process = hydra.utils.instantiate(_root_.schedule)
+        guidance = guidance_key(g, guided_nfe(process, sampler, str(_root_.objective.target), g), "uniform")
+    return protocol_key(metric, str(fid.feature), sampler_key(sampler, int(_root_.schedule.num_timesteps)), int(fid.n),
+                        guidance)
 
 
 def sweep_group() -> str | None:
