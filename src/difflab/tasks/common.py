@@ -111,6 +111,7 @@ def setup_task(cfg: DictConfig, validate: Callable[[DictConfig], None] | None = 
         raise ConfigError(f"task={cfg.task.name} edits images; this checkpoint's data has shape {tuple(model.image_shape)}")
     if cfg.use_ema and not model.used_ema:
         log.warning("%s has no EMA weights; using the raw weights", cfg.ckpt)
+    check_unconditional(model, str(cfg.task.name))
     sampler_cfg = sampler_node(cfg, model.config["sampler"])
     sampler = build_sampler(sampler_cfg, model.process.num_timesteps)
     if device.type == "cuda":
@@ -120,6 +121,19 @@ def setup_task(cfg: DictConfig, validate: Callable[[DictConfig], None] | None = 
     model.process.to(device)
     return TaskSetup(model=model, sampler=sampler, sampler_cfg=sampler_cfg, device=device, out_dir=out_dir, n=n,
                      seed=seed, batch_size=batch_size, grid_n=grid_n, progress=bool(cfg.get("progress", True)))
+
+
+def check_unconditional(model: Any, task: str) -> None:
+    """The tasks call the network without a label: a class-conditional checkpoint then runs on
+    its null label, which only label dropout (``conditioning.p_uncond`` > 0) has trained."""
+    if getattr(model.backbone, "num_classes", None) is None:
+        return
+    p_uncond = float((model.config.get("conditioning") or {}).get("p_uncond") or 0.0)
+    if p_uncond == 0.0:
+        raise ConfigError(
+            f"task={task} runs the model without a class label, on its null label, but this class-conditional "
+            "checkpoint never trained it (conditioning.p_uncond=0, or backbone.num_classes without conditioning=class); "
+            "use an unconditional checkpoint or one trained with conditioning=class conditioning.p_uncond=0.1")
 
 
 def datamodule_of(model: Any) -> Any:
