@@ -183,6 +183,7 @@ def test_conditioning_class_takes_num_classes_from_the_data_and_stores_it(tmp_pa
     module = build_module(cfg, (1, 28, 28), config_dict=config)
     assert module.backbone.num_classes == 10 and module.conditioning.p_uncond == 0.25
     assert config["backbone"]["num_classes"] == 10  # a checkpoint rebuilds the class embedding
+    assert cfg.backbone.num_classes == 10  # and a resume compares the backbone with it
     plain = build_module(compose_train(["backbone.base_channels=8", "backbone.channel_mult=[1,2]",
                                         "backbone.num_res_blocks=1"], output_dir=str(tmp_path)), (1, 28, 28))
     assert plain.conditioning is None and plain.backbone.num_classes is None

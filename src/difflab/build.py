@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from difflab.errors import ConfigError, DifflabError
 from difflab.module import DiffusionModule
@@ -132,8 +132,12 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
                 "from the data set; drop the backbone.num_classes override"
             )
         backbone_kwargs["num_classes"] = conditioning.num_classes
+        # the run's config and the stored one say so too: checkpoints rebuild the class embedding,
+        # and a resume compares the backbone with this config
+        with open_dict(cfg):
+            cfg.backbone.num_classes = conditioning.num_classes
         if config_dict is not None and isinstance(config_dict.get("backbone"), dict):
-            config_dict["backbone"]["num_classes"] = conditioning.num_classes  # checkpoints rebuild it
+            config_dict["backbone"]["num_classes"] = conditioning.num_classes
     elif cfg.backbone.get("num_classes") is not None:
         log.warning(
             "backbone.num_classes=%s without conditioning=class: every batch is trained with its labels (no label "
