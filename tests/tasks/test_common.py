@@ -75,6 +75,11 @@ def test_unknown_task_fails_in_one_line(tmp_path, capsys, tiny_ckpt):
     assert "task='outpaint' is not a task" in err
 
 
+def test_metrics_are_for_img2img_only(tmp_path, capsys, tiny_ckpt):
+    err = task_fails(tiny_ckpt, tmp_path / "out", capsys, "anomaly", "metrics=[fid]")
+    assert "task=anomaly writes its own metrics.json" in err
+
+
 @pytest.fixture(scope="module")
 def labelled_no_dropout(tmp_path_factory):
     """A tiny class-conditional checkpoint trained with every label (p_uncond=0)."""

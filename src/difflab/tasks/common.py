@@ -104,6 +104,9 @@ def setup_task(cfg: DictConfig, validate: Callable[[DictConfig], None] | None = 
     grid_n = check_int("grid_size", cfg.get("grid_size", 64), 0)
     device = resolve_device(cfg.get("device", "auto"))
     out_dir = output_dir(cfg)
+    if cfg.get("metrics") and str(cfg.task.name) not in ("img2img",):
+        raise ConfigError(f"metrics={list(cfg.metrics)} score generated or img2img samples; task={cfg.task.name} writes "
+                          "its own metrics.json (leave metrics=[])")
     if validate is not None:
         validate(cfg.task)
     model = load_model(str(cfg.ckpt), use_ema=bool(cfg.use_ema))
