@@ -44,6 +44,8 @@ __all__ = ["format_table", "main", "resolve_device", "run", "write_npz"]
 NPZ_NAME = "samples.npz"
 GRID_NAME = "grid.png"
 METRICS_NAME = "metrics.json"
+#: fid, kid (images), swd, mmd (point data), nll (bits/dim of the val split by the probability-flow ODE)
+SAMPLE_METRICS = ("fid", "kid", "swd", "mmd", "nll")
 
 
 # --------------------------------------------------------------------------- tables
@@ -79,9 +81,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.get("ckpt"):
         raise ConfigError("ckpt is required: ckpt=<run dir>/checkpoints/last.ckpt (or an exported .safetensors file)")
     try:
-        metrics = check_metrics(cfg.get("metrics"))
+        metrics = check_metrics(cfg.get("metrics"), accepted=SAMPLE_METRICS)
     except ValueError as e:
         raise ConfigError(f"{e} (e.g. metrics=[fid,kid])") from None
+    nll = "nll" in metrics
+    metrics = tuple(m for m in metrics if m != "nll")
     n = _check_int("n", cfg.n, 2 if metrics else 1, " with metrics (a covariance needs 2 samples)" if metrics else "")
     batch_size = _check_int("batch_size", cfg.batch_size, 1)
     seed = _check_int("seed", cfg.seed, 0)
@@ -95,6 +99,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.warning("%s has no EMA weights; sampling with the raw weights", cfg.ckpt)
     sampler_cfg = _sampler_node(cfg, model.config["sampler"])
     sampler = build_sampler(sampler_cfg, model.process.num_timesteps)
+    decode = model.extra.get("decode")  # a latent model: samples are decoded by its first stage
+    if decode is not None:
+        from difflab.latent import unclip_for_latents
+
+        unclip_for_latents(sampler)
+        if nll:
+            raise ConfigError("metrics=[nll] is the likelihood of pixels; this checkpoint is a latent model (first_stage), "
+                              "whose ODE likelihood would be of its latents: drop nll")
     T = model.process.num_timesteps
     info = {"sampler": sampler_key(sampler, T), "nfe": sampler.nfe(T), "config": repr(sampler)}
     labels, label_scheme, guidance = _labels_and_guidance(cfg, n, model)
@@ -104,17 +116,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         info["nfe"] = guided_nfe(model.process, sampler, model.objective.target, guidance)
         info["guidance"] = guidance_key(guidance, info["nfe"], label_scheme)
     evaluator = None
-    if metrics:
-        if len(model.image_shape) != 3:
-            raise ConfigError(f"metrics={list(metrics)} score images; this checkpoint's data has shape {tuple(model.image_shape)}")
+    if metrics or nll:
         import hydra
 
         datamodule = hydra.utils.instantiate(model.config["data"])
+    if metrics:
+        from difflab.evaluation.points import POINT_METRICS, PointEvaluator
         from difflab.metrics import FeatureWeightsNotFoundError
 
+        points = len(model.image_shape) == 1
+        wrong = [m for m in metrics if (m in POINT_METRICS) != points]
+        if wrong:
+            kind = f"point data of shape {tuple(model.image_shape)}: use metrics=[swd,mmd]" if points else "images: use metrics=[fid,kid]"
+            raise ConfigError(f"metrics={list(wrong)} do not apply to this checkpoint's {kind}")
         try:
-            evaluator = Evaluator(datamodule, str(cfg.feature), metrics, n, cfg.get("cache_dir"),
-                                  weights_path=cfg.get("weights_path"), device=device)
+            if points:
+                evaluator = PointEvaluator(datamodule, metrics, n)
+            else:
+                evaluator = Evaluator(datamodule, str(cfg.feature), metrics, n, cfg.get("cache_dir"),
+                                      weights_path=cfg.get("weights_path"), device=device)
         except (ValueError, FeatureWeightsNotFoundError) as e:
             raise ConfigError(f"metrics: {e}") from None
 
@@ -131,13 +151,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if evaluator is not None:
             result = evaluate(backbone, process, sampler, model.objective.target, evaluator, seed, batch_size, device,
                               progress=progress, keep_samples=True, labels=labels, guidance=guidance,
-                              label_scheme=label_scheme)
+                              label_scheme=label_scheme, shape=model.image_shape, decode=decode)
             samples = result.samples
         else:
             result = None
             samples = torch.cat([x for _, x in draw(backbone, process, sampler, model.objective.target, model.image_shape,
                                                     n, seed, batch_size, device, batches=None, progress=progress,
-                                                    labels=labels, guidance=guidance)])
+                                                    labels=labels, guidance=guidance, decode=decode)])
     seconds = time.perf_counter() - start
 
     # 4. files
@@ -175,14 +195,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # 5. metrics
     rows: list[dict[str, Any]] = []
-    if result is not None:
-        rows = _rows(result)
-        report = {"protocol": protocol, "metrics": result.scores, "floor": result.floor, "rows": rows,
-                  "score_protocol": result.protocol}
+    if nll:
+        rows.append(_nll_row(cfg, model, datamodule, backbone, process, device))
+    if result is not None or rows:
+        if result is not None:
+            rows = _rows(result) + rows
+        report = {"protocol": protocol, "metrics": {r["key"]: r["value"] for r in rows},
+                  "floor": {} if result is None else result.floor, "rows": rows,
+                  "score_protocol": None if result is None else result.protocol}
         (out_dir / METRICS_NAME).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         print(format_table(rows))
         print(f"metrics -> {out_dir / METRICS_NAME}")
     return {"npz": npz, "grid": grid, "metrics": rows, "sampler": info, "output_dir": out_dir}
+
+
+def _nll_row(cfg: DictConfig, model: Any, datamodule: Any, backbone: Any, process: Any, device: Any) -> dict[str, Any]:
+    """Bits/dim of the val split through the probability-flow ODE (difflab.evaluation.likelihood):
+    ``nll_n`` val items (all by default), solver tolerances ``nll_rtol`` / ``nll_atol``."""
+    from difflab.evaluation.likelihood import bits_per_dim
+
+    split = str(cfg.get("nll_split", "val"))
+    if len(model.image_shape) == 3:
+        x = datamodule.real_images(split, cfg.get("nll_n"), 0)
+    else:
+        x = datamodule.real_points(split, cfg.get("nll_n"), 0)
+    tol = float(cfg.get("nll_rtol", 1e-5)), float(cfg.get("nll_atol", 1e-5))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(x), desc="bits/dim (probability-flow ODE)", unit="sample", disable=not cfg.get("progress", True))
+    try:
+        out = bits_per_dim(backbone, process, model.objective.target, x.to(device), rtol=tol[0], atol=tol[1],
+                           dequantize=len(model.image_shape) == 3, batch_size=int(cfg.batch_size),
+                           progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    key = f"nll/bpd/{out['key']}/{split}{out['n']}"
+    return {"metric": "nll", "key": key, "value": float(out["mean"]), "std": float(out["std"]), "floor": None,
+            "floor_key": None, "floor_n": None, "n": int(out["n"]), "nfe": int(out["nfe"]), "settings": out["settings"]}
 
 
 def _labels_and_guidance(cfg: DictConfig, n: int, model: Any) -> tuple[Any, str | None, Any]:

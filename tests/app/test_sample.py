@@ -200,3 +200,27 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     bad = subprocess.run([*cmd, "metrics=[fid,foo]", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert "error: metrics: unknown metric(s) foo; accepted: fid, kid" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_point_data_are_scored_with_swd_mmd_and_bits_per_dim(tmp_path, capsys):
+    """toy2d on the evaluation path: a scatter plot, SWD/MMD with their floor, and bits/dim by the ODE."""
+    from difflab.train import run as train_run
+    from tests.conftest import compose_train
+
+    overrides = ["data=toy2d", "backbone=mlp", "trainer=cpu", "trainer.max_steps=4", "trainer.val_check_interval=4",
+                 "callbacks.fid.n=50", "sampler.num_steps=3", "logger=none", "print_config=false",
+                 "trainer.enable_progress_bar=false", "callbacks.sample_grid.num_points=50"]
+    train_run(compose_train(overrides, output_dir=str(tmp_path / "run")))
+    record = json.loads((tmp_path / "run" / "fid" / "step_0000004.json").read_text())
+    assert set(record["scores"]) == {"swd/points/ddim3_eta1/n50", "mmd/points/ddim3_eta1/n50"}
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = sample(ckpt, tmp_path / "good", "n=50", "metrics=[swd,mmd,nll]", "nll_n=3")
+    keys = [r["key"] for r in result["metrics"]]
+    assert keys[:2] == ["swd/points/ddim3_eta1/n50", "mmd/points/ddim3_eta1/n50"]
+    assert keys[2].startswith("nll/bpd/ode_dopri5_rtol1e-5_atol1e-5_exact") and keys[2].endswith("/val3")
+    assert all(np.isfinite(r["value"]) for r in result["metrics"])
+    assert (tmp_path / "good" / "grid.png").stat().st_size > 1000  # the scatter plot
+    with np.load(tmp_path / "good" / "samples.npz") as f:
+        assert f["points"].shape == (50, 2)
+    err = fails(ckpt, tmp_path, capsys, "metrics=[fid]")
+    assert "metrics=['fid']" in err and "swd,mmd" in err

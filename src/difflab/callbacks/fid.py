@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from difflab.callbacks.base import evaluation_backbone, image_shape_of
 from difflab.evaluation import Evaluator, check_metrics, evaluate
+from difflab.evaluation.points import PointEvaluator
 from difflab.metrics import build_feature_extractor
 from difflab.samplers import Sampler
 from difflab.utils.logging import get_logger
@@ -100,14 +101,19 @@ class FID(Callback):
         self.cache_dir = str(Path(cache_dir) / STATS_SUBDIR) if cache_dir else None
         # the feature network now: missing weights stop the run before anything is logged
         self.extractor = build_feature_extractor(self.feature, weights_path=weights_path)
-        self.evaluator: Evaluator | None = None
+        self.evaluator: Evaluator | PointEvaluator | None = None
         self._floor_logged = False
         self._last_step = -1
         self.last_result: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        image_shape_of(pl_module, "callbacks.fid")
         dm = trainer.datamodule
+        if len(tuple(getattr(pl_module, "image_shape", None) or ())) == 1 and hasattr(dm, "real_points"):
+            # point data (toy2d): sliced Wasserstein and MMD on the same path, so toy sweeps compare
+            if self.evaluator is None:
+                self.evaluator = PointEvaluator(dm, n=self.n, real_seed=self.real_seed, floor=self.log_floor)
+            return
+        image_shape_of(pl_module, "callbacks.fid")
         if dm is None or not hasattr(dm, "real_images") or not hasattr(dm, "name"):
             raise ValueError("callbacks.fid needs a data module with `name` and `real_images(split, n, seed)`")
         if self.sampler is not None:
@@ -118,6 +124,8 @@ class FID(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.extractor.to(pl_module.device)
+        if isinstance(self.evaluator, Evaluator):
+            self.evaluator.extractor.to(pl_module.device)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -150,7 +158,8 @@ class FID(Callback):
             result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, self.evaluator,
                               self.seed, self.batch_size, pl_module.device,
                               progress=f"FID n={self.n}" if trainer.is_global_zero else False,
-                              labels=labels, guidance=guidance, label_scheme="uniform")
+                              labels=labels, guidance=guidance, label_scheme="uniform",
+                              shape=pl_module.image_shape, decode=getattr(pl_module, "decode", None))
         values = dict(result.scores)
         if not self._floor_logged:
             values.update(result.floor)

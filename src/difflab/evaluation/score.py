@@ -57,16 +57,16 @@ KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
 
 
-def check_metrics(metrics: Any, where: str = "metrics") -> tuple[str, ...]:
+def check_metrics(metrics: Any, where: str = "metrics", accepted: Sequence[str] = METRICS) -> tuple[str, ...]:
     """The metric names as a tuple (a comma-separated string works too); unknown ones raise."""
     if metrics is None:
         return ()
     if isinstance(metrics, str):
         metrics = [m for m in metrics.replace(",", " ").split() if m]
     names = tuple(dict.fromkeys(str(m).lower() for m in metrics))
-    bad = [m for m in names if m not in METRICS]
+    bad = [m for m in names if m not in accepted]
     if bad:
-        raise ValueError(f"{where}: unknown metric(s) {', '.join(bad)}; accepted: {', '.join(METRICS)}")
+        raise ValueError(f"{where}: unknown metric(s) {', '.join(bad)}; accepted: {', '.join(accepted)}")
     return names
 
 
@@ -86,6 +86,7 @@ def draw(
     progress: bool | str = False,
     labels: torch.Tensor | None = None,
     guidance: Guidance | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(batch index, samples)`` of the protocol's n samples, quantised to uint8 for
     image shapes (C, H, W) (the bytes a PNG holds), float for other shapes.
@@ -94,6 +95,8 @@ def draw(
     ``progress`` shows a bar of denoising steps over all the batches drawn (a str names it).
     ``labels`` (n,) are the class labels of all n samples, for conditional models;
     ``guidance`` the classifier-free guidance they are drawn with (:mod:`difflab.samplers.guidance`).
+    ``decode`` maps the sampler's output to images in [-1, 1] before they are quantised: a latent
+    model's first stage (``shape`` is then the latent shape, arXiv:2112.10752).
     """
     if guidance is not None and labels is None:
         raise ValueError("guidance needs labels: give the n class labels (e.g. difflab.conditioning.balanced_labels)")
@@ -116,7 +119,9 @@ def draw(
                 on_step=lambda i, total: bar.update(steps_per_call),
                 guidance_scale=g.scale, guidance_rescale=g.rescale, guidance_interval=g.interval,
             )
-            yield b, (to_uint8(x) if len(shape) == 3 else x.float()).cpu()
+            if decode is not None:
+                x = decode(x)
+            yield b, (to_uint8(x) if x.ndim == 4 else x.float()).cpu()
     finally:
         bar.close()
 
@@ -342,7 +347,7 @@ def evaluate(
     process,
     sampler: Sampler,
     prediction_type: str,
-    evaluator: Evaluator,
+    evaluator: Evaluator | Any,
     seed: int = 0,
     batch_size: int = 250,
     device: torch.device | str = "cpu",
@@ -352,11 +357,14 @@ def evaluate(
     labels: torch.Tensor | None = None,
     guidance: Guidance | str | None = None,
     label_scheme: str | None = None,
+    shape: Sequence[int] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
     """Draw ``evaluator.n`` samples (this rank's share), score them, name the result.
 
     A collective under DDP: every rank calls it. ``keep_samples`` returns this rank's uint8
-    samples in sample order (sample.py writes them).
+    samples in sample order (sample.py writes them). ``evaluator``: an :class:`Evaluator` for
+    images, a :class:`~difflab.evaluation.points.PointEvaluator` for point data.
 
     Conditional models: ``labels`` (n,) are the samples' classes (``balanced_labels`` for FID
     over a balanced set) and ``guidance`` a :class:`Guidance`; the key then carries the guidance
@@ -365,10 +373,15 @@ def evaluate(
     accuracy of the samples is scored too (``acc/digits/...``): the share of samples the
     classifier assigns to the class they were drawn for. (A str ``guidance`` is appended to
     the key as it is.)
+
+    Latent models: ``shape`` is the latent shape the sampler draws (default: the data's) and
+    ``decode`` maps latents to images before they are quantised and scored (the protocol
+    records the latent shape).
     """
     n = evaluator.n
+    draw_shape = tuple(shape) if shape is not None else tuple(evaluator.data.image_shape)
     kept: list[torch.Tensor] = []
-    accuracy = labels is not None and evaluator.scores_accuracy()
+    accuracy = labels is not None and getattr(evaluator, "scores_accuracy", lambda: False)()
     correct = torch.zeros((), dtype=torch.float64)
     drawn = torch.zeros((), dtype=torch.float64)
     draw_guidance = guidance if isinstance(guidance, Guidance) else None
@@ -377,8 +390,8 @@ def evaluate(
 
     def images() -> Iterator[torch.Tensor]:
         nonlocal correct, drawn
-        for b, x in draw(model, process, sampler, prediction_type, evaluator.data.image_shape, n, seed,
-                         batch_size, device, progress=progress, labels=labels, guidance=draw_guidance):
+        for b, x in draw(model, process, sampler, prediction_type, draw_shape, n, seed,
+                         batch_size, device, progress=progress, labels=labels, guidance=draw_guidance, decode=decode):
             if keep_samples:
                 kept.append(x)
             if accuracy:
@@ -409,10 +422,11 @@ def evaluate(
     protocol = {
         "sampler": part, "sampler_config": repr(sampler), "nfe": nfe, "n": n,
         "seed": seed, "batch_size": batch_size, "world_size": world, "feature": evaluator.feature,
-        "feature_hash": evaluator.extractor.weights_hash, "n_real": evaluator.n_real,
+        "feature_hash": getattr(evaluator.extractor, "weights_hash", None), "n_real": evaluator.n_real,
         "real": {"dataset": evaluator.data.name, "split": "train", "seed": evaluator.real_seed},
         "kid": {"subsets": KID_SUBSETS, "subset_size": min(KID_SUBSET_SIZE, n, evaluator.n_real)},
         "guidance": guidance, "labels": label_scheme if labels is not None else None,
+        "latent_shape": list(draw_shape) if decode is not None else None,
         "guidance_config": None if draw_guidance is None else {
             "scale": draw_guidance.scale, "rescale": draw_guidance.rescale,
             "interval": None if draw_guidance.interval is None else list(draw_guidance.interval)},
