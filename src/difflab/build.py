@@ -30,9 +30,11 @@ log = get_logger(__name__)
 
 __all__ = [
     "build_callbacks",
+    "build_autoencoder_module",
     "build_conditioning",
     "build_core",
     "build_datamodule",
+    "build_first_stage",
     "build_loggers",
     "build_module",
     "build_sampler",
@@ -120,7 +122,14 @@ def check_backbone(backbone: torch.nn.Module, image_shape: tuple[int, ...], key:
 
 def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dict | None = None) -> DiffusionModule:
     """The DiffusionModule; the optimizer is built once here, so a bad optimizer argument
-    fails before any logger starts."""
+    fails before any logger starts.
+
+    ``model=autoencoder`` gives the :class:`~difflab.autoencoder.AutoencoderModule` instead; a
+    ``first_stage`` gives a :class:`~difflab.latent.LatentDiffusionModule` whose backbone is
+    sized for the latent shape (``image_shape`` is the data's; the module samples latents)."""
+    if model_name(cfg) == "autoencoder":
+        return build_autoencoder_module(cfg, image_shape, config_dict)
+    first_stage = build_first_stage(cfg, image_shape)
     process, objective, sampler = build_core(cfg)
     conditioning = build_conditioning(cfg)
     backbone_kwargs = {}
@@ -144,6 +153,8 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
             "dropout), so the null label that guidance needs stays untrained; use conditioning=class",
             cfg.backbone.num_classes,
         )
+    if first_stage is not None:  # the backbone takes latents: channels and size follow them
+        image_shape = latent_backbone_kwargs(cfg, first_stage.latent_shape, backbone_kwargs, config_dict)
     backbone = instantiate(cfg.backbone, "backbone", **backbone_kwargs)
     check_backbone(backbone, image_shape)
     optimizer = instantiate(cfg.optimizer, "optimizer")
@@ -154,7 +165,15 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as e:
         raise ConfigError(key_message("optimizer", e, cfg.optimizer)) from None
-    module = DiffusionModule(
+    latent_kwargs: dict[str, Any] = {}
+    module_cls: type[DiffusionModule] = DiffusionModule
+    if first_stage is not None:
+        from difflab.latent import LatentDiffusionModule, unclip_for_latents
+
+        module_cls = LatentDiffusionModule
+        unclip_for_latents(sampler)
+        latent_kwargs = {"first_stage": first_stage, "sample_posterior": bool(cfg.first_stage.get("sample_posterior", True))}
+    module = module_cls(
         backbone=backbone,
         process=process,
         objective=objective,
@@ -169,6 +188,7 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         image_shape=image_shape,
         config=config_dict,
         conditioning=conditioning if conditioning.num_classes is not None else None,
+        **latent_kwargs,
     )
     if cfg.get("compile"):
         # in place: the state-dict keys stay those of the plain backbone, so checkpoints of
@@ -187,10 +207,88 @@ def build_conditioning(cfg: DictConfig) -> Any:
     return instantiate(node, "conditioning")
 
 
+def model_name(cfg: Any) -> str:
+    """``cfg.model.name``: ``diffusion`` (also when absent, e.g. an older checkpoint's config) or ``autoencoder``."""
+    node = cfg.get("model") if hasattr(cfg, "get") else None
+    name = str((node or {}).get("name", "diffusion"))
+    if name not in ("diffusion", "autoencoder"):
+        raise ConfigError(f"model={name!r} is not a model; accepted: diffusion, autoencoder")
+    return name
+
+
+def build_first_stage(cfg: Any, image_shape: tuple[int, ...]) -> Any:
+    """The :class:`~difflab.first_stage.FirstStage` of ``cfg.first_stage``, or None for pixels
+    (``first_stage=none``, or no first_stage in an older checkpoint's config)."""
+    node = cfg.get("first_stage")
+    if node is None or not node.get("_target_"):
+        return None
+    if model_name(cfg) == "autoencoder":
+        raise ConfigError("model=autoencoder trains a first stage on pixels; drop the first_stage override")
+    if len(tuple(image_shape)) != 3:
+        raise ConfigError(f"first_stage={node.get('name')} needs image data (C, H, W), the data have shape {tuple(image_shape)}")
+    args = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("name", "sample_posterior")}
+    return instantiate(OmegaConf.create(args), "first_stage", image_shape=list(image_shape))
+
+
+def latent_backbone_kwargs(cfg: DictConfig, latent_shape: tuple[int, ...], kwargs: dict[str, Any],
+                           config_dict: dict | None) -> tuple[int, ...]:
+    """Set the backbone's channels and size to the latent's (in ``kwargs``, and in the stored
+    config so that checkpoints rebuild it); returns the latent shape."""
+    c, h, w = (int(s) for s in latent_shape)
+    node = cfg.backbone
+    sizes = {"in_channels": c}
+    if node.get("out_channels") is not None:
+        sizes["out_channels"] = c
+    for key in ("image_size", "sample_size"):
+        if key in node:
+            sizes[key] = h if h == w else [h, w]
+    kwargs.update(sizes)
+    if config_dict is not None and isinstance(config_dict.get("backbone"), dict):
+        config_dict["backbone"].update(sizes)
+    return (c, h, w)
+
+
+def build_autoencoder_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dict | None = None) -> Any:
+    """The :class:`~difflab.autoencoder.AutoencoderModule` of ``model=autoencoder`` (an AutoencoderKL
+    sized from ``cfg.model.autoencoder``, its input channels the data's)."""
+    from difflab.autoencoder import AutoencoderModule, PatchDiscriminator
+    from difflab.first_stage import build_autoencoder_kl
+
+    if len(tuple(image_shape)) != 3:
+        raise ConfigError(f"model=autoencoder needs image data (C, H, W), the data have shape {tuple(image_shape)}")
+    node = cfg.model
+    try:
+        vae = build_autoencoder_kl(in_channels=int(image_shape[0]), **OmegaConf.to_container(node.autoencoder, resolve=True))
+        disc = node.get("discriminator") or {}
+        discriminator = None
+        if float(node.get("gan_weight", 0.0)) > 0:
+            discriminator = PatchDiscriminator(int(image_shape[0]), int(disc.get("channels", 32)), int(disc.get("num_layers", 2)))
+        optimizer = instantiate(cfg.optimizer, "optimizer")
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+        module = AutoencoderModule(
+            vae=vae, optimizer=optimizer, image_shape=image_shape, latent_multiple=int(node.get("latent_multiple", 1)),
+            loss=str(node.get("loss", "l1")), kl_weight=float(node.get("kl_weight", 1e-6)),
+            gan_weight=float(node.get("gan_weight", 0.0)), gan_start_step=int(node.get("gan_start_step", 0)),
+            discriminator=discriminator, lr_warmup_steps=cfg.lr_warmup_steps,
+            lr_scheduler=instantiate(cfg.lr_scheduler, "lr_scheduler") if cfg.get("lr_scheduler") is not None else None,
+            seed=cfg.seed, config=config_dict,
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {' '.join(str(e).split())}") from None
+    return module
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The data module, with its data read and checked (a missing folder, a corrupt image,
-    an offline download fail here, before any logger starts)."""
+    an offline download fail here, before any logger starts). With a ``first_stage`` it is
+    wrapped in a :class:`~difflab.data.latent.LatentDataModule` (latents encoded once, cached)."""
     dm = instantiate(cfg.data, "data")
+    first_stage = build_first_stage(cfg, tuple(dm.image_shape)) if cfg.get("first_stage") is not None else None
+    if first_stage is not None:
+        from difflab.data.latent import LatentDataModule
+
+        cache = (cfg.get("paths") or {}).get("cache_dir")
+        dm = LatentDataModule(dm, first_stage, cache_dir=cache)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return dm  # other ranks set up after rank 0's prepare_data, inside fit
     try:

@@ -89,7 +89,7 @@ class SampleGrid(PeriodicImageCallback):
         with evaluation_backbone(pl_module) as model:
             ((_, x),) = draw(model, pl_module.process, self.sampler or pl_module.sampler, pl_module.objective.target,
                              shape, n, self.seed, n, pl_module.device, batches=[0], progress=show,
-                             labels=labels, guidance=guidance)
+                             labels=labels, guidance=guidance, decode=getattr(pl_module, "decode", None))
         return x
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:

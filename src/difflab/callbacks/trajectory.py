@@ -5,7 +5,8 @@ trajectory is kept (``generate(..., return_trajectory=True)``). One image shows,
 rows across ``num_frames`` evenly spaced steps: the sampler's input x_t (top) and the
 predicted x_0 at that step (bottom). The last column is the last step, whose x_0 estimate is
 the final sample. Written to ``<run dir>/trajectories/step_XXXXXXX.png`` and logged to every
-logger that takes images; under DDP only rank 0 samples and logs.
+logger that takes images; under DDP only rank 0 samples and logs. A latent model's frames are
+decoded by its first stage.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class DenoisingTrajectory(PeriodicImageCallback):
                 prediction_type=pl_module.objective.target,
                 device=pl_module.device,
             )
+        decode = getattr(pl_module, "decode", None)
+        if decode is not None:  # a latent model: show the decoded latents (arXiv:2112.10752)
+            trajectory = Trajectory(trajectory.timesteps, [decode(x) for x in trajectory.x_t],
+                                    [decode(x) for x in trajectory.pred_x0], trajectory.nfe)
         return trajectory
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:

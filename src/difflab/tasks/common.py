@@ -112,6 +112,9 @@ def setup_task(cfg: DictConfig, validate: Callable[[DictConfig], None] | None = 
     model = load_model(str(cfg.ckpt), use_ema=bool(cfg.use_ema))
     if len(model.image_shape) != 3:
         raise ConfigError(f"task={cfg.task.name} edits images; this checkpoint's data has shape {tuple(model.image_shape)}")
+    if model.extra.get("decode") is not None:
+        raise ConfigError(f"task={cfg.task.name} edits pixels with the diffusion model; this checkpoint is a latent model "
+                          "(first_stage), whose diffusion runs on latents: use task=generate")
     if cfg.use_ema and not model.used_ema:
         log.warning("%s has no EMA weights; using the raw weights", cfg.ckpt)
     check_unconditional(model, str(cfg.task.name))

@@ -170,6 +170,13 @@ def check_same_model(ckpt: dict[str, Any], cfg: Any, source: str) -> None:
         for k in sorted(set(fa) | set(fb)):
             if fa.get(k) != fb.get(k):
                 diffs.append(f"{k}={fb.get(k)!r} here, {fa.get(k)!r} in the checkpoint")
+    # model=autoencoder vs diffusion, pixels vs a first stage (older configs: a pixel diffusion model);
+    # which autoencoder: its fingerprint, checked when the checkpoint loads (difflab.latent)
+    for key, default in (("model.name", "diffusion"), ("first_stage._target_", None)):
+        head, _, tail = key.partition(".")
+        a, b = ((c.get(head) or {}).get(tail, default) for c in (stored, current))
+        if a != b:
+            diffs.append(f"{key}={b!r} here, {a!r} in the checkpoint")
     if diffs:
         more = f" and {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else ""
         raise CheckpointError(
@@ -263,7 +270,39 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, sour
         used_ema=used_ema,
         global_step=ckpt.get("global_step"),
         source=source,
+        extra=_latent_extra(ckpt, config, sampler, source),
     )
+
+
+def _latent_extra(ckpt: dict[str, Any], config: dict[str, Any], sampler: Sampler, source: str) -> dict[str, Any]:
+    """A latent model's ``decode`` (scaled latents -> images in [-1, 1]) and ``data_shape``, rebuilt
+    from its stored ``first_stage`` config and latent scale; ``{}`` for a pixel model. Its
+    sampler samples unclipped (:func:`difflab.latent.unclip_for_latents`)."""
+    node = config.get("first_stage")
+    if not isinstance(node, dict) or not node.get("_target_"):
+        return {}
+    from difflab.build import build_first_stage
+    from difflab.latent import unclip_for_latents
+
+    info = (ckpt.get("difflab") or {})
+    data_shape = tuple(int(s) for s in info.get("data_shape") or ())
+    raw = ckpt.get("state_dict") or {}
+    if not data_shape or "latent_scale" not in raw:
+        raise CheckpointError(f"{source}: a latent model (first_stage) without its data shape or latent scale; train it again")
+    first_stage = build_first_stage(OmegaConf.create({"first_stage": node}), data_shape)
+    stored = (info.get("first_stage") or {}).get("fingerprint")
+    if stored is not None and stored != first_stage.fingerprint:
+        raise CheckpointError(
+            f"{source} was trained on the latents of another autoencoder than {first_stage.source} (fingerprint "
+            f"{stored}, now {first_stage.fingerprint}); point first_stage at the one it was trained with"
+        )
+    scale, shift = float(raw["latent_scale"]), float(raw.get("latent_shift", torch.tensor(0.0)))
+    unclip_for_latents(sampler)
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return first_stage.decode(z.float() / scale + shift)
+
+    return {"decode": decode, "data_shape": data_shape, "first_stage": first_stage, "latent_scale": scale}
 
 
 def load_model(path: str | Path, use_ema: bool = True) -> LoadedModel:
