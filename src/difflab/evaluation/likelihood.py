@@ -103,6 +103,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.diffusion.process import PREDICTION_TYPES, GaussianDiffusion
+from difflab.evaluation.protocol import sample_seed
 
 __all__ = [
     "DEQUANT_OFFSET_BITS",
@@ -181,15 +182,11 @@ def _eps_from_output(out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, predi
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
 
 
-def _sample_seed(seed: int, index: int, stream: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(index), stream]).generate_state(1, np.uint64)[0] >> 1)
-
-
 def _per_sample(kind: str, shape: Sequence[int], seed: int, indices: Sequence[int], stream: int) -> Tensor:
     """One draw of ``shape`` per sample index, each from its own generator (float64, CPU)."""
     out = []
     for i in indices:
-        g = torch.Generator().manual_seed(_sample_seed(seed, i, stream))
+        g = torch.Generator().manual_seed(sample_seed(seed, i, f"likelihood{stream}"))
         if kind == "uniform":
             out.append(torch.rand(tuple(shape), generator=g, dtype=torch.float64))
         elif kind == "rademacher":

@@ -28,9 +28,12 @@ __all__ = [
 ]
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """The 63-bit seed of sample ``index`` under ``seed`` (sha256: the same in every process)."""
-    digest = hashlib.sha256(f"difflab.sample:{int(seed)}:{int(index)}".encode()).digest()
+def sample_seed(seed: int, index: int, stream: str = "sample") -> int:
+    """The 63-bit seed of sample ``index`` under ``seed`` (sha256: the same in every process).
+
+    ``stream`` names independent draws for the same sample (the sampling noise by default;
+    e.g. the likelihood's dequantisation and Hutchinson probes use their own streams)."""
+    digest = hashlib.sha256(f"difflab.{stream}:{int(seed)}:{int(index)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
