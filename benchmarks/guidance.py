@@ -34,6 +34,7 @@ TINY = [
     "backbone.num_res_blocks=1",
     "data.batch_size=16",
     "data.val_batch_size=16",
+    "sampler.num_steps=10",
     "trainer.max_steps=4",
     "trainer.val_check_interval=4",
     "trainer.limit_val_batches=1",
