@@ -240,6 +240,10 @@ def _labels_and_guidance(cfg: DictConfig, n: int, model: Any) -> tuple[Any, str 
     unconditional ones, which take none of these (one-line error)."""
     from difflab.conditioning import sampling_guidance, sampling_labels
 
+    for wrong, right in (("class_label", "class"), ("label", "labels"), ("y", "labels"), ("cfg_scale", "guidance_scale"),
+                         ("guidance", "guidance_scale"), ("guidance_weight", "guidance_scale")):
+        if wrong in cfg:  # a '+key=' that sample.py would otherwise ignore
+            raise ConfigError(f"{wrong} is not an option of sample.py; use {right}= (see conf/sample.yaml)")
     num_classes = getattr(model.backbone, "num_classes", None)
     labels = cfg.get("labels")
     labels = OmegaConf.to_container(labels) if OmegaConf.is_config(labels) else labels

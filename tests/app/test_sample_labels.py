@@ -53,6 +53,7 @@ def test_label_list_and_class(cond_ckpt, tmp_path):
     (["n=3", "labels=[1,2,10]"], "label 10 is out of range"),
     (["n=3", "class=11"], "class=11 is out of range"),
     (["n=3", "guidance_scale=-1"], "guidance_scale must be >= 0"),
+    (["n=3", "+class_label=3"], "class_label is not an option of sample.py; use class="),
 ])
 def test_bad_labels_fail_in_one_line(cond_ckpt, tmp_path, capsys, overrides, expected):
     assert expected in fails(cond_ckpt, tmp_path, capsys, *overrides)
