@@ -1,0 +1,1008 @@
+"""Published trends on mnist5k, with seeds and error bars: run the findings suite, write findings.md.
+
+    python benchmarks/findings.py                          # every finding: the runs not done yet, then findings.md
+    python benchmarks/findings.py --finding ddim_eta       # one finding (its runs; shared runs serve the others too)
+    python benchmarks/findings.py --finding ema --max-minutes 110 --commit   # one piece: stop before 110 min, commit each result
+    python benchmarks/findings.py --report                 # findings.md from the committed results alone, no run
+    python benchmarks/findings.py --full                   # full size (GPU): 20,000 steps, n = 4,500 -> findings_full.md
+    python benchmarks/findings.py --quick                  # the pipeline in a temporary folder, tiny UNet, 2 seeds
+
+One finding = one Hydra multirun spec, ``sweeps/findings/<name>.yaml``: its grid
+(``hydra.sweeper.params``: the arms and the seeds), its W&B group and a ``finding`` block (the
+paper, the published trend, and what is scored from each checkpoint). ``python train.py -m
+--config-dir sweeps +findings=<name>`` runs the same training jobs on their own. This script
+expands each grid into runs (arm x seed) and, for each run that has no result yet:
+
+1. trains it in-process (``difflab.train.run``) from ``sweeps/findings/common.yaml`` plus the
+   arm's overrides, in ``--work-dir`` (deleted after the run unless ``--keep``), with the W&B
+   group named in the table;
+2. scores its checkpoint on the one evaluation path (``difflab.evaluation``: ``Evaluator`` and
+   ``evaluate``, sample i drawn from the run's seed and i, the protocol keys), for every
+   evaluation that any finding asks of this arm (the default arm serves findings 1-5 and 7 at
+   once); the FID-against-step curve comes from the FID callback's ``<run dir>/fid/*.json``,
+   bits/dim from ``difflab.evaluation.likelihood.bits_per_dim``;
+3. writes ``benchmarks/findings/<budget>/<arm>/seed<k>.json`` (config, seed, step, metrics,
+   W&B group and run id): the evidence. A run whose JSON exists with every evaluation its
+   findings need is skipped, so the suite runs in pieces across sessions that keep nothing
+   but the committed JSON files (``--commit`` commits each one as it is written).
+
+Then it writes ``benchmarks/findings.md`` (``findings_full.md`` for ``--full``) from those JSON
+files only: per finding a table (mean ± std over seeds), a plot (``benchmarks/findings/plots/``),
+the budget, the commands, the W&B groups, and a verdict computed from the figures: a claim
+holds when the difference in the paper's direction exceeds 2 standard errors (paired by seed
+when both sides come from the same checkpoints, Welch's otherwise), is contradicted when it
+exceeds 2 standard errors the other way; "reproduced" when every claim holds, "not reproduced"
+when one is contradicted, "inconclusive" otherwise, "not run yet" while runs are missing.
+Nothing is estimated: a missing figure reads "not run yet".
+
+Budgets: short (the default; 1,500 steps, n = 1,000, seeds 0-2), full (``--full``; a GPU) and
+quick (``--quick``: a tiny UNet trained 4-8 steps on the CPU, n = 16, 2 seeds, everything in a
+temporary folder; it checks the pipeline, not the findings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, compose_train, machine, note, table  # noqa: E402
+
+SPEC_DIR = ROOT / "sweeps" / "findings"
+RESULTS_DIR = ROOT / "benchmarks" / "findings"
+#: The findings in the order of the issue (their numbers), by spec file name.
+FINDINGS = ("ddim_eta", "schedule", "min_snr", "solvers", "objective", "guidance", "ema")
+BUDGETS = ("short", "full", "quick")
+FORMAT = "difflab-finding-run-v1"
+#: Machine-side settings of --quick on top of the spec's quick budget (a tiny UNet on the CPU).
+QUICK_OVERRIDES = [
+    "backbone.base_channels=8",
+    "backbone.channel_mult=[1,2]",
+    "backbone.num_res_blocks=1",
+    "data.batch_size=16",
+    "data.val_batch_size=16",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "sampler.num_steps=2",
+    "~callbacks.sample_grid",
+    "~callbacks.progress_bar",
+    "lr_warmup_steps=0",
+    "logger=csv",
+]
+#: Keys of a run's config that say nothing about the model or its scores (left out of the JSON).
+VOLATILE = ("paths", "print_config", "resume", "ckpt_path", "run_name", "group", "tags", "notes", "finding")
+
+
+# --------------------------------------------------------------------------- specs and runs
+@dataclass
+class Spec:
+    """One finding's spec under one budget."""
+
+    name: str
+    number: int
+    title: str
+    paper: str
+    published: str
+    group: str
+    params: dict[str, list[str]]  # key -> values (the grid; "seed" among them)
+    evaluate: list[dict[str, Any]]
+    settings: dict[str, Any]  # batch_size, bpd_n, bpd_batch_size, bpd_rtol, bpd_atol
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.params.get("seed", ["0"])]
+
+    def arm_grid(self) -> list[dict[str, str]]:
+        """Every arm of the grid: {key: value} without the seed, in the grid's order."""
+        keys = [k for k in self.params if k != "seed"]
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.params[k] for k in keys))]
+
+
+def _values(key: str, value: Any) -> list[str]:
+    """The values of one sweeper parameter (``a,b,c`` or ``range(...)``), as override strings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    override = OverridesParser.create().parse_overrides([f"{key}={text}"])[0]
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
+
+
+def load_spec(name: str, budget: str = "short") -> Spec:
+    """``sweeps/findings/<name>.yaml`` with ``common.yaml``, under ``budget`` (short | full | quick)."""
+    from omegaconf import OmegaConf
+
+    path = SPEC_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--finding {name}: no spec {path}; accepted: {', '.join(FINDINGS)}")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget {budget!r}; accepted: {', '.join(BUDGETS)}")
+    common = OmegaConf.to_container(OmegaConf.load(SPEC_DIR / "common.yaml").finding)
+    raw = OmegaConf.load(path)
+    own = OmegaConf.to_container(raw.finding)
+    params = {str(k): v for k, v in OmegaConf.to_container(raw.hydra.sweeper.params).items()}
+    settings = {"batch_size": 250, "bpd_n": 100, "bpd_batch_size": 100, "bpd_rtol": 1e-5, "bpd_atol": 1e-5}
+    settings.update({k: v for k, v in common.items() if k not in BUDGETS})
+    evaluate = own.get("evaluate") or []
+    if budget != "short":
+        for part in (common.get(budget) or {}, own.get(budget) or {}):
+            params.update({str(k): v for k, v in (part.get("params") or {}).items()})
+            settings.update({k: v for k, v in part.items() if k not in ("params", "evaluate")})
+        evaluate = (own.get(budget) or {}).get("evaluate", evaluate)
+    return Spec(
+        name=name, number=int(own["number"]), title=str(own["title"]), paper=str(own["paper"]),
+        published=str(own["published"]), group=str(raw.group),
+        params={k: _values(k, v) for k, v in params.items()}, evaluate=list(evaluate), settings=settings,
+    )
+
+
+def base_overrides(budget: str) -> list[str]:
+    """The overrides every run of a budget starts from (after ``+findings=common``)."""
+    out = [f"hydra.searchpath=[file://{SPEC_DIR.parent}]", "+findings=common"]
+    if budget == "quick":
+        out += QUICK_OVERRIDES
+    return out
+
+
+class Composer:
+    """Composes run configs (cached) and drops arm overrides that equal the base config."""
+
+    def __init__(self, budget: str) -> None:
+        self.budget = budget
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def compose(self, overrides: list[str]):
+        key = tuple(overrides)
+        if key not in self._cache:
+            self._cache[key] = compose_train(base_overrides(self.budget) + list(overrides))
+        return self._cache[key]
+
+    def canonical(self, arm: dict[str, str], fixed: dict[str, str]) -> tuple[str, ...]:
+        """The arm as sorted ``key=value`` overrides, without those the base config already has.
+
+        ``fixed`` holds the budget's single-valued settings common to every finding (e.g.
+        ``trainer.max_steps``); they are part of the base, so ``trainer.max_steps=1500`` in
+        finding 1 is the default arm of findings 2-7.
+        """
+        from omegaconf import OmegaConf
+
+        base_list = [f"{k}={v}" for k, v in fixed.items()]
+        base = self.compose(base_list)
+        kept = []
+        for key, value in sorted(arm.items()):
+            cfg = self.compose(base_list + [f"{key}={value}"])
+            a, b = OmegaConf.select(cfg, key), OmegaConf.select(base, key)
+            a = OmegaConf.to_container(a, resolve=True) if OmegaConf.is_config(a) else a
+            b = OmegaConf.to_container(b, resolve=True) if OmegaConf.is_config(b) else b
+            if a != b:
+                kept.append(f"{key}={value}")
+        return tuple(kept)
+
+
+@dataclass
+class Run:
+    """One training run: an arm (canonical overrides) and a seed, under a budget."""
+
+    budget: str
+    arm: tuple[str, ...]
+    seed: int
+    fixed: dict[str, str]
+    findings: list[str] = field(default_factory=list)
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> evaluation
+
+    @property
+    def slug(self) -> str:
+        return ",".join(self.arm) if self.arm else "default"
+
+    @property
+    def group(self) -> str:
+        if not self.arm:
+            return "findings-default"
+        return f"findings-{self.findings[0]}" if len(self.findings) == 1 else "findings-shared"
+
+    def path(self, results: Path) -> Path:
+        return results / self.budget / self.slug / f"seed{self.seed}.json"
+
+    def overrides(self) -> list[str]:
+        """The run's overrides after the base (what ``python train.py --config-dir sweeps`` takes)."""
+        tags = ",".join(["findings", *(f"finding-{f}" for f in self.findings)])
+        return [*(f"{k}={v}" for k, v in self.fixed.items()), *self.arm, f"seed={self.seed}",
+                f"group={self.group}", f"run_name='{self.slug}-seed{self.seed}'", f"tags=[{tags}]"]
+
+    def command(self) -> str:
+        extra = " ".join(QUICK_OVERRIDES) + " " if self.budget == "quick" else ""
+        return "python train.py --config-dir sweeps +findings=common " + extra + " ".join(self.overrides())
+
+
+def fixed_settings(budget: str) -> dict[str, str]:
+    """The budget's settings shared by all findings: ``common.yaml``'s budget params but the seeds."""
+    from omegaconf import OmegaConf
+
+    if budget == "short":
+        return {}
+    common = OmegaConf.to_container(OmegaConf.load(SPEC_DIR / "common.yaml").finding)
+    params = (common.get(budget) or {}).get("params") or {}
+    out = {}
+    for k, v in params.items():
+        values = _values(k, v)
+        if k != "seed" and len(values) == 1:
+            out[str(k)] = values[0]
+    return out
+
+
+# --------------------------------------------------------------------------- evaluations
+def _sampler_options(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """A sampler entry with list values, expanded into one option dict per combination."""
+    node = dict(entry)
+    keys = list(node)
+    values = [v if isinstance(v, list) else [v] for v in node.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def build_sampler(options: dict[str, Any]):
+    from difflab.samplers import SAMPLERS
+
+    name = options.get("name")
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler name {name!r} in a findings spec; accepted: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](**{k: v for k, v in options.items() if k != "name"})
+
+
+def sampler_label(options: dict[str, Any], num_timesteps: int = 1000) -> str:
+    """The sampler's protocol part (``ddim10_eta0.2``), ``_noclip`` when x_0 is not clipped."""
+    sampler = build_sampler(options)
+    label = sampler.key_part(num_timesteps)
+    if not getattr(sampler, "clip_sample", True) and not getattr(sampler, "dynamic_thresholding", False):
+        label += "_noclip"
+    return label
+
+
+def expand_evaluations(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """label -> one concrete evaluation: ``{kind: fid|bpd|fid_curve, sampler, weights, w}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        metric = entry.get("metric", "fid")
+        if metric == "bpd":
+            out["bpd"] = {"kind": "bpd"}
+            continue
+        if metric == "fid_curve":
+            out["fid_curve"] = {"kind": "fid_curve"}
+            continue
+        if metric != "fid":
+            raise ValueError(f"metric {metric!r} in a findings spec; accepted: fid, bpd, fid_curve")
+        weights = entry.get("weights", "ema")
+        scales = entry.get("conditioning.guidance_scale")
+        for options in _sampler_options(entry["sampler"]):
+            for w in weights if isinstance(weights, list) else [weights]:
+                if w not in ("ema", "raw"):
+                    raise ValueError(f"weights {w!r} in a findings spec; accepted: ema, raw")
+                label = sampler_label(options) + ("_raw" if w == "raw" else "")
+                if scales is None:
+                    out[label] = {"kind": "fid", "sampler": options, "weights": w}
+                else:
+                    for s in scales if isinstance(scales, list) else [scales]:
+                        out[f"{label}_w{float(s):g}"] = {"kind": "guidance", "sampler": options, "weights": w, "w": float(s)}
+    return out
+
+
+def plan(names: list[str], budget: str) -> tuple[list[Run], dict[str, Spec], dict[str, dict[tuple[str, ...], str]]]:
+    """Every run the findings need (shared arms once), the specs, and per finding arm -> slug."""
+    fixed = fixed_settings(budget)
+    composer = Composer(budget)
+    specs = {n: load_spec(n, budget) for n in FINDINGS}
+    runs: dict[tuple[tuple[str, ...], int], Run] = {}
+    arms: dict[str, dict[tuple[str, ...], str]] = {}
+    for name in FINDINGS:  # all findings, so a shared run gets every finding's evaluations
+        spec = specs[name]
+        evals = expand_evaluations(spec.evaluate)
+        arms[name] = {}
+        for arm in spec.arm_grid():
+            canon = composer.canonical(arm, fixed)
+            arms[name][tuple(f"{k}={v}" for k, v in arm.items())] = ",".join(canon) if canon else "default"
+            for seed in spec.seeds:
+                run = runs.setdefault((canon, seed), Run(budget, canon, seed, fixed))
+                if name not in run.findings:
+                    run.findings.append(name)
+                run.evaluations.update(evals)
+    selected = [r for r in runs.values() if any(f in names for f in r.findings)]
+    return selected, specs, arms
+
+
+
+def missing_labels(run: Run, results: Path) -> list[str] | None:
+    """None when the run has no result yet, else the evaluations its result lacks."""
+    path = run.path(results)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return [label for label in run.evaluations if label not in record.get("metrics", {})]
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings: dict[str, Any]) -> tuple[dict, dict]:
+    """Score the run's checkpoint for each of its evaluations: (metrics by label, floor)."""
+    import hydra
+    import torch
+
+    from difflab.evaluation import Evaluator, eval_mode, evaluate
+    from difflab.utils.checkpoint import load_model
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    models: dict[str, Any] = {}
+
+    def model(weights: str):
+        if weights not in models:
+            models[weights] = load_model(ckpt, use_ema=weights == "ema")
+            models[weights].backbone.to(device)
+            models[weights].process.to(device)
+        return models[weights]
+
+    config = model("ema").config
+    n = int(config["callbacks"]["fid"]["n"])
+    datamodule = hydra.utils.instantiate(config["data"])
+    evaluator = Evaluator(datamodule, "digits", ("fid", "kid"), n, str(cache_dir), device=device)
+    batch = int(settings["batch_size"])
+    metrics: dict[str, Any] = {}
+    for label, ev in run.evaluations.items():
+        t0 = time.perf_counter()
+        if ev["kind"] == "fid_curve":
+            points = []
+            for f in sorted((run_dir / "fid").glob("step_*.json")):
+                rec = json.loads(f.read_text())
+                fid_key = next((k for k in rec["scores"] if k.startswith("fid/")), None)
+                kid_key = next((k for k in rec["scores"] if k.startswith("kid/")), None)
+                points.append({"step": int(rec["step"]), "fid": rec["scores"].get(fid_key),
+                               "kid": rec["scores"].get(kid_key), "key": fid_key})
+            if not points:
+                raise RuntimeError(f"{run_dir}/fid holds no FID callback results; the FID callback must run (callbacks.fid)")
+            metrics[label] = {"points": points}
+            continue
+        if ev["kind"] == "bpd":
+            from difflab.evaluation.likelihood import bits_per_dim
+
+            m = model("ema")
+            x0 = datamodule.real_images("val", int(settings["bpd_n"]), seed=0)
+            with eval_mode(m.backbone):
+                out = bits_per_dim(m.backbone, m.process, m.objective.target, x0, batch_size=int(settings["bpd_batch_size"]),
+                                   rtol=float(settings["bpd_rtol"]), atol=float(settings["bpd_atol"]))
+            metrics[label] = {"bpd": out["mean"], "bpd_std": out["std"], "bpd_stderr": out["stderr"], "n": out["n"],
+                              "nfe": out["nfe"], "key": f"nll/bpd/{out['key']}", "seconds": time.perf_counter() - t0}
+            continue
+        m = model(ev["weights"])
+        sampler = build_sampler(ev["sampler"])
+        with eval_mode(m.backbone):
+            if ev["kind"] == "guidance":
+                from difflab.evaluation.guidance_sweep import guidance_sweep
+
+                num_classes = getattr(m.backbone, "num_classes", None)
+                if num_classes is None:
+                    raise RuntimeError(f"{label}: the checkpoint is unconditional; guidance needs conditioning=class")
+                row = guidance_sweep(m.backbone, m.process, sampler, m.objective.target, evaluator, [ev["w"]],
+                                     num_classes=int(num_classes), seed=run.seed, batch_size=batch, device=device)[0]
+                metrics[label] = {"fid": row["fid"], "kid": row["kid"], "kid_std": row["kid_std"], "acc": row["acc"],
+                                  "nfe": row["nfe"], "key": row["fid_key"], "w": ev["w"], "sampler": repr(sampler),
+                                  "weights": ev["weights"], "seconds": time.perf_counter() - t0}
+                continue
+            res = evaluate(m.backbone, m.process, sampler, m.objective.target, evaluator, run.seed, batch, device)
+        fid_key = next(k for k in res.scores if k.startswith("fid/"))
+        kid_key = next(k for k in res.scores if k.startswith("kid/"))
+        metrics[label] = {"fid": res.scores[fid_key], "kid": res.scores[kid_key], "kid_std": res.values.get("kid_std"),
+                          "nfe": res.protocol["nfe"], "key": fid_key, "sampler": repr(sampler), "weights": ev["weights"],
+                          "seconds": time.perf_counter() - t0}
+    floor = evaluator.floor()
+    del models
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return metrics, floor
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def execute(run: Run, results: Path, work: Path, cache_dir: Path, specs: dict[str, Spec], keep: bool) -> Path:
+    """Train, score and record one run; returns the path of its JSON."""
+    from omegaconf import OmegaConf
+
+    from difflab.train import run as train
+    from difflab.utils.hydra import to_plain_dict
+
+    run_dir = work / run.budget / run.slug / f"seed{run.seed}"
+    settings = dict(specs[run.findings[0]].settings)
+    t0 = time.perf_counter()
+    cfg = compose_train(base_overrides(run.budget) + run.overrides(), output_dir=str(run_dir))
+    train(cfg)
+    t_train = time.perf_counter() - t0
+    finished = run_dir / "finished.yaml"
+    if not finished.is_file():
+        raise RuntimeError(f"{run.slug} seed {run.seed}: the fit did not reach trainer.max_steps (no {finished})")
+    marker = OmegaConf.to_container(OmegaConf.load(finished))
+    metrics, floor = evaluate_run(run, run_dir, cache_dir, _device(), settings)
+    config = {k: v for k, v in to_plain_dict(cfg).items() if k not in VOLATILE}
+    logger = ",".join(str(k) for k in (cfg.get("logger") or {}))
+    record = {
+        "format": FORMAT,
+        "budget": run.budget,
+        "arm": run.slug,
+        "overrides": list(run.arm),
+        "seed": run.seed,
+        "global_step": marker.get("global_step"),
+        "findings": run.findings,
+        "wandb": {"project": OmegaConf.select(cfg, "logger.wandb.project", default=None), "group": run.group,
+                  "run_id": marker.get("wandb_run_id"), "name": f"{run.slug}-seed{run.seed}",
+                  "logger": logger or None},
+        "command": run.command(),
+        "metrics": metrics,
+        "floor": floor,
+        "config": config,
+        "seconds": {"train": round(t_train, 1), "evaluate": round(time.perf_counter() - t0 - t_train, 1)},
+        "machine": machine(),
+        "commit": _git_commit(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = run.path(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    if not keep:  # the checkpoints go; the rest (wandb/ for `wandb sync`, fid/, logs) stays in the work dir
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return path
+
+
+# --------------------------------------------------------------------------- statistics
+def stats(xs: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n); std is nan for one value."""
+    xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    if not xs:
+        return math.nan, math.nan, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan), len(xs)
+
+
+def cell(xs: list[float], digits: int = 2, scale: float = 1.0) -> str:
+    """``mean ± std`` over seeds, or "not run yet"."""
+    m, s, n = stats([x * scale for x in xs if x is not None])
+    if n == 0:
+        return "not run yet"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f} (1 seed)"
+
+
+@dataclass
+class Claim:
+    """The paper says ``low`` is lower than ``high`` (FID, bits/dim; accuracy: pass them swapped)."""
+
+    text: str
+    low: dict[int, float]   # seed -> value
+    high: dict[int, float]
+    paired: bool
+    directed: bool = True  # False: a difference reported without a published direction
+
+    def test(self) -> tuple[str, str]:
+        """("agrees" | "contradicts" | "unclear" | "missing", the figure behind it)."""
+        if not self.low and not self.high:
+            return "missing", f"{self.text}: not run yet"
+        if self.paired:
+            seeds = sorted(set(self.low) & set(self.high))
+            diffs = [self.high[s] - self.low[s] for s in seeds]
+            if len(diffs) < 2:
+                return "missing", f"{self.text}: fewer than 2 seeds"
+            d, sd, k = stats(diffs)
+            se = sd / math.sqrt(k)
+            how = f"paired over {k} seeds"
+        else:
+            a, b = list(self.low.values()), list(self.high.values())
+            if len(a) < 2 or len(b) < 2:
+                return "missing", f"{self.text}: fewer than 2 seeds"
+            (ma, sa, na), (mb, sb, nb) = stats(a), stats(b)
+            d, se = mb - ma, math.sqrt(sa**2 / na + sb**2 / nb)
+            how = f"Welch, {na} and {nb} seeds"
+        outcome = "agrees" if d > 2 * se else "contradicts" if d < -2 * se else "unclear"
+        if self.directed:
+            word = {"agrees": "holds", "contradicts": "reversed", "unclear": "within 2 SE"}[outcome]
+        else:
+            word = {"agrees": "positive beyond 2 SE", "contradicts": "negative beyond 2 SE", "unclear": "within 2 SE"}[outcome]
+        return outcome, f"{self.text}: difference {d:+.3g} ± {se:.2g} SE ({how}), {word}"
+
+
+def verdict(claims: list[Claim], done: int, total: int) -> tuple[str, list[str]]:
+    if done < total:
+        return "not run yet", [f"{done} of {total} runs have results"]
+    tested = [c.test() for c in claims]
+    outcomes = [o for o, _ in tested]
+    lines = [line for _, line in tested]
+    if not claims or "missing" in outcomes:
+        return "inconclusive", lines or ["no claim could be tested"]
+    if all(o == "agrees" for o in outcomes):
+        return "reproduced", lines
+    if "contradicts" in outcomes:
+        return "not reproduced", lines
+    return "inconclusive", lines
+
+
+# --------------------------------------------------------------------------- the report
+class Results:
+    """The JSON results of one budget, by arm slug and seed."""
+
+    def __init__(self, results: Path, budget: str) -> None:
+        self.by: dict[tuple[str, int], dict] = {}
+        for path in sorted((results / budget).glob("*/seed*.json")):
+            rec = json.loads(path.read_text())
+            if rec.get("format") == FORMAT:
+                self.by[(rec["arm"], int(rec["seed"]))] = rec
+
+    def values(self, arm: str, seeds: list[int], label: str, metric: str = "fid") -> dict[int, float]:
+        out = {}
+        for s in seeds:
+            m = (self.by.get((arm, s)) or {}).get("metrics", {}).get(label)
+            if m is not None and m.get(metric) is not None:
+                out[s] = float(m[metric])
+        return out
+
+    def curve(self, arm: str, seeds: list[int]) -> dict[int, dict[int, float]]:
+        """step -> seed -> FID, from the runs' FID-callback curves."""
+        out: dict[int, dict[int, float]] = {}
+        for s in seeds:
+            m = (self.by.get((arm, s)) or {}).get("metrics", {}).get("fid_curve")
+            for p in (m or {}).get("points", []):
+                if p.get("fid") is not None:
+                    out.setdefault(int(p["step"]), {})[s] = float(p["fid"])
+        return out
+
+    def groups(self, arm: str, seeds: list[int]) -> list[str]:
+        return sorted({r["wandb"]["group"] for (a, s), r in self.by.items() if a == arm and s in seeds})
+
+    def done(self, arm: str, seeds: list[int]) -> int:
+        return sum((arm, s) in self.by for s in seeds)
+
+
+@dataclass
+class Section:
+    """What a finding's report holds: a table, plot panels, claims, extra lines."""
+
+    header: list[str]
+    rows: list[list[str]]
+    panels: list[tuple[str, str, str, dict[str, tuple[list, list[dict[int, float]]]]]]  # title, xlabel, ylabel, series
+    claims: list[Claim]
+    notes: list[str] = field(default_factory=list)
+
+
+def _labels(spec: Spec) -> dict[str, dict[str, Any]]:
+    return expand_evaluations(spec.evaluate)
+
+
+def _sampler_rows(spec: Spec) -> list[tuple[str, dict[str, Any]]]:
+    return [(label, ev) for label, ev in _labels(spec).items() if ev["kind"] == "fid"]
+
+
+def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
+    seeds = spec.seeds
+    evs = _sampler_rows(spec)
+    etas = sorted({float(ev["sampler"]["eta"]) for _, ev in evs})
+    steps = sorted({int(ev["sampler"]["num_steps"]) for _, ev in evs})
+    clips = [c for c in (True, False) if any(bool(ev["sampler"].get("clip_sample", True)) == c for _, ev in evs)]
+    lengths = [(dict(x.split("=", 1) for x in k).get("trainer.max_steps", "?"), slug) for k, slug in arms.items()]
+    label = {(float(ev["sampler"]["eta"]), int(ev["sampler"]["num_steps"]), bool(ev["sampler"].get("clip_sample", True))): lab
+             for lab, ev in evs}
+    rows, panels, claims, notes = [], [], [], []
+    for length, slug in lengths:
+        for clip in clips:
+            series = {}
+            for eta in etas:
+                series[f"eta {eta:g}"] = (steps, [res.values(slug, seeds, label[(eta, st, clip)]) for st in steps])
+            panels.append((f"{length} training steps, {'clipped' if clip else 'unclipped'} x0", "sampling steps", "FID", series))
+            for st in steps:
+                rows.append([f"{length}", "yes" if clip else "no", str(st),
+                             *(cell(list(res.values(slug, seeds, label[(eta, st, clip)]).values())) for eta in etas)])
+            lo, hi = min(etas), max(etas)
+            c = Claim(f"{length} steps, clip {'on' if clip else 'off'}, {steps[0]} sampling steps: FID(eta {hi:g}) - FID(eta {lo:g})",
+                      res.values(slug, seeds, label[(lo, steps[0], clip)]), res.values(slug, seeds, label[(hi, steps[0], clip)]), True)
+            if length == lengths[0][0] and clip:
+                claims.append(c)  # the paper's setting: clipped, the budget's checkpoint, the fewest steps
+            else:
+                notes.append("Investigation, " + c.test()[1])
+    return Section(["training steps", "clip x0", "sampling steps", *(f"FID eta {e:g}" for e in etas)], rows, panels, claims,
+                   notes)
+
+
+def section_schedule(spec: Spec, res: Results, arms: dict) -> Section:
+    seeds = spec.seeds
+    evs = _sampler_rows(spec)
+    by_arm = {dict([k[0].split("=", 1)])["schedule"]: slug for k, slug in arms.items()}
+    rows, claims = [], []
+    series: dict[str, tuple[list, list]] = {}
+    bpd_series: dict[str, tuple[list, list]] = {"bits/dim": ([], [])}
+    for name, slug in by_arm.items():
+        fids = [res.values(slug, seeds, lab) for lab, _ in evs]
+        bpd = res.values(slug, seeds, "bpd", "bpd")
+        rows.append([name, *(cell(list(v.values())) for v in fids), cell(list(bpd.values()), 3)])
+        series[name] = ([int(ev["sampler"]["num_steps"]) for _, ev in evs], fids)
+        bpd_series["bits/dim"][0].append(name)
+        bpd_series["bits/dim"][1].append(bpd)
+    if {"cosine", "linear"} <= set(by_arm):
+        cos, lin = by_arm["cosine"], by_arm["linear"]
+        for lab, ev in evs:
+            claims.append(Claim(f"FID {lab}: linear - cosine", res.values(cos, seeds, lab), res.values(lin, seeds, lab), False))
+        claims.append(Claim("bits/dim: linear - cosine", res.values(cos, seeds, "bpd", "bpd"),
+                            res.values(lin, seeds, "bpd", "bpd"), False))
+    return Section(["schedule", *(f"FID {lab}" for lab, _ in evs), "val bits/dim"], rows,
+                   [("FID against sampling steps", "sampling steps", "FID", series),
+                    ("val bits/dim (probability-flow ODE)", "schedule", "bits/dim", bpd_series)], claims)
+
+
+def section_min_snr(spec: Spec, res: Results, arms: dict) -> Section:
+    seeds = spec.seeds
+    by_arm = {dict([k[0].split("=", 1)])["objective.weighting"]: slug for k, slug in arms.items()}
+    curves = {name: res.curve(slug, seeds) for name, slug in by_arm.items()}
+    steps = sorted(set().union(*(c.keys() for c in curves.values()))) if curves else []
+    rows, claims, notes = [], [], []
+    for st in steps:
+        rows.append([str(st), *(cell(list(curves[name].get(st, {}).values())) for name in by_arm)])
+    if not rows:
+        rows.append(["not run yet", *("not run yet" for _ in by_arm)])
+    if {"uniform", "min_snr"} <= set(by_arm):
+        for st in steps:
+            claims.append(Claim(f"FID at step {st}: uniform - min-SNR", curves["min_snr"].get(st, {}),
+                                curves["uniform"].get(st, {}), False))
+        full = all(len(curves[n].get(st, {})) == len(seeds) for n in by_arm for st in steps) and steps
+        if full:
+            target = stats(list(curves["uniform"][steps[-1]].values()))[0]
+            reach = next((st for st in steps if stats(list(curves["min_snr"][st].values()))[0] <= target), None)
+            notes.append(f"Speed-up: min-SNR's mean FID reaches uniform's final mean ({target:.2f} at step {steps[-1]}) "
+                         + (f"at step {reach}: {steps[-1] / reach:.1f}x fewer steps (on a grid of {steps[0]} steps)"
+                            if reach else "at none of the scored steps"))
+    series = {name: (steps, [curves[name].get(st, {}) for st in steps]) for name in by_arm}
+    return Section(["training step", *(f"FID {n}" for n in by_arm)], rows,
+                   [("FID against training step", "training step", "FID", series)], claims, notes)
+
+
+def section_solvers(spec: Spec, res: Results, arms: dict) -> Section:
+    seeds = spec.seeds
+    slug = next(iter(arms.values()))
+    evs = _sampler_rows(spec)
+    by_name: dict[str, list[tuple[int, str]]] = {}
+    for lab, ev in evs:
+        nfe = build_sampler(ev["sampler"]).nfe(1000)
+        by_name.setdefault(ev["sampler"]["name"], []).append((nfe, lab))
+    rows, claims, series = [], [], {}
+    ddim = dict(by_name.get("ddim", []))
+    for name, pts in by_name.items():
+        pts.sort()
+        series[name] = ([n for n, _ in pts], [res.values(slug, seeds, lab) for _, lab in pts])
+        for nfe, lab in pts:
+            rows.append([name, str(nfe), lab, cell(list(res.values(slug, seeds, lab).values()))])
+            if name != "ddim":
+                ref = ddim.get(nfe) or ddim.get(nfe + 1)  # Heun's 2s - 1 NFE against DDIM's next even count
+                if ref:
+                    claims.append(Claim(f"FID {lab} against {ref}: DDIM - {name}", res.values(slug, seeds, lab),
+                                        res.values(slug, seeds, ref), True))
+    return Section(["sampler", "NFE", "protocol", "FID"], rows, [("FID against NFE", "NFE", "FID", series)], claims)
+
+
+def section_objective(spec: Spec, res: Results, arms: dict) -> Section:
+    seeds = spec.seeds
+    evs = _sampler_rows(spec)
+    by_arm = {dict([k[0].split("=", 1)])["objective"]: slug for k, slug in arms.items()}
+    rows, claims, notes = [], [], []
+    series = {lab: (list(by_arm), [res.values(slug, seeds, lab) for slug in by_arm.values()]) for lab, _ in evs}
+    for name, slug in by_arm.items():
+        rows.append([name, *(cell(list(res.values(slug, seeds, lab).values())) for lab, _ in evs)])
+    if {"eps", "x0", "v"} <= set(by_arm):
+        for lab, _ in evs:
+            claims.append(Claim(f"FID {lab}: x0 - eps", res.values(by_arm["eps"], seeds, lab),
+                                res.values(by_arm["x0"], seeds, lab), False))
+            notes.append("Reported, no direction claimed: " + Claim(
+                f"FID {lab}: v - eps", res.values(by_arm["eps"], seeds, lab), res.values(by_arm["v"], seeds, lab), False,
+                directed=False).test()[1])
+    return Section(["prediction", *(f"FID {lab}" for lab, _ in evs)], rows,
+                   [("FID by prediction target", "prediction target", "FID", series)], claims, notes)
+
+
+def section_guidance(spec: Spec, res: Results, arms: dict) -> Section:
+    seeds = spec.seeds
+    slug = next(iter(arms.values()))
+    evs = sorted(((ev["w"], lab) for lab, ev in _labels(spec).items() if ev["kind"] == "guidance"))
+    rows = [[f"{w:g}", cell(list(res.values(slug, seeds, lab).values())),
+             cell(list(res.values(slug, seeds, lab, "acc").values()), 1, 100.0)] for w, lab in evs]
+    ws = [w for w, _ in evs]
+    fid = [res.values(slug, seeds, lab) for _, lab in evs]
+    acc = [{s: 100 * v for s, v in res.values(slug, seeds, lab, "acc").items()} for _, lab in evs]
+    claims = []
+    one = dict((w, lab) for w, lab in evs).get(1.0)
+    top_w, top = evs[-1] if evs else (None, None)
+    if one and top and top != one:
+        claims.append(Claim(f"class accuracy: w={top_w:g} - w=1 (higher is the paper's direction)",
+                            res.values(slug, seeds, one, "acc"), res.values(slug, seeds, top, "acc"), True))
+        claims.append(Claim(f"FID: w={top_w:g} - w=1", res.values(slug, seeds, one), res.values(slug, seeds, top), True))
+    return Section(["w", "FID", "class accuracy (%)"], rows,
+                   [("FID against w", "guidance scale w", "FID", {"FID": (ws, fid)}),
+                    ("class accuracy against w", "guidance scale w", "accuracy (%)", {"accuracy": (ws, acc)})], claims)
+
+
+def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
+    seeds = spec.seeds
+    by_arm = {dict([k[0].split("=", 1)])["callbacks.ema.decay"]: slug for k, slug in arms.items()}
+    evs = _sampler_rows(spec)
+    ema_lab = next(lab for lab, ev in evs if ev["weights"] == "ema")
+    raw_lab = next(lab for lab, ev in evs if ev["weights"] == "raw")
+    first = next(iter(by_arm.values()))
+    rows = [["raw", "-", cell(list(res.values(first, seeds, raw_lab).values()))]]
+    xs, vals, claims = ["raw"], [res.values(first, seeds, raw_lab)], []
+    for decay, slug in by_arm.items():
+        ema = res.values(slug, seeds, ema_lab)
+        rows.append([f"EMA {decay}", decay, cell(list(ema.values()))])
+        xs.append(f"EMA {decay}")
+        vals.append(ema)
+        claims.append(Claim(f"FID {ema_lab}: raw - EMA {decay}", ema, res.values(slug, seeds, raw_lab), True))
+    notes = ["The EMA warms up: its decay is min(decay, (1 + n) / (10 + n)) after n updates (callbacks/ema.py), below "
+             "0.999 until step 8,990, so runs shorter than that give the same EMA weights for both decays."]
+    return Section(["weights", "decay", f"FID {ema_lab}"], rows, [("FID by weights", "weights", "FID", {"FID": (xs, vals)})],
+                   claims, notes)
+
+
+SECTIONS = {"ddim_eta": section_ddim_eta, "schedule": section_schedule, "min_snr": section_min_snr,
+            "solvers": section_solvers, "objective": section_objective, "guidance": section_guidance, "ema": section_ema}
+
+
+def plot(path: Path, title: str, panels: list) -> Path | None:
+    """The panels as one PNG (matplotlib Agg): mean ± std over seeds; None when no figure exists."""
+    if not any(stats(list(v.values()))[2] for _, _, _, series in panels for _, vals in series.values() for v in vals):
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(len(panels), 2)
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5 * cols, 3.6 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (ptitle, xlabel, ylabel, series) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for name, (xs, vals) in series.items():
+            pts = [(x, *stats(list(v.values()))) for x, v in zip(xs, vals)]
+            pts = [(x, m, 0.0 if math.isnan(s) else s) for x, m, s, n in pts if n]
+            if not pts:
+                continue
+            categorical = any(isinstance(x, str) for x, _, _ in pts)
+            pos = [xs.index(x) for x, _, _ in pts] if categorical else [x for x, _, _ in pts]
+            ax.errorbar(pos, [m for _, m, _ in pts], yerr=[s for _, _, s in pts], marker="o", capsize=3, label=name)
+            if categorical:
+                ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_title(ptitle, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title + " (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def budget_line(spec: Spec, budget: str, composer: Composer) -> str:
+    cfg = composer.compose([f"{k}={v}" for k, v in fixed_settings(budget).items()])
+    steps = spec.params.get("trainer.max_steps", [str(cfg.trainer.max_steps)])
+    evs = list(_labels(spec))
+    parts = [f"{' and '.join(f'{int(s):,}' for s in steps)} training steps at batch {cfg.data.batch_size}",
+             f"{len(spec.seeds)} seeds ({', '.join(map(str, spec.seeds))})",
+             f"FID/KID of n = {int(cfg.callbacks.fid.n):,} samples (digits features, EMA weights unless _raw) "
+             f"against {int(cfg.callbacks.fid.n):,} training digits"]
+    if "fid_curve" in evs:
+        parts.append(f"scored every {int(cfg.callbacks.fid.every_n_steps):,} steps with the run's sampler "
+                     f"(`{cfg.sampler._target_.rsplit('.', 1)[-1]}`, {cfg.sampler.num_steps} steps, eta {cfg.sampler.eta:g})")
+    if "bpd" in evs:
+        parts.append(f"bits/dim on {spec.settings['bpd_n']} val digits (dopri5, rtol {spec.settings['bpd_rtol']:g}, Hutchinson)")
+    samplers = [lab for lab in evs if lab not in ("bpd", "fid_curve")]
+    if len(samplers) > 8:
+        parts.append(f"{len(samplers)} sampler settings, the table's grid (`{samplers[0]}` to `{samplers[-1]}`)")
+    elif samplers:
+        parts.append(f"samplers: {', '.join(f'`{s}`' for s in samplers)}")
+    return "; ".join(parts)
+
+
+def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: Path | None = None) -> str:
+    """``findings.md`` (and its plots) from the JSON results of ``budget``; returns the text."""
+    res = Results(results, budget)
+    runs, specs, arms = plan(list(FINDINGS), budget)
+    group_of = {r.slug: r.group for r in runs}
+    composer = Composer(budget)
+    flag = {"short": "", "full": " --full", "quick": " --quick"}[budget]
+    rel = os.path.relpath(results, ROOT) if results.is_relative_to(ROOT) else str(results)
+    intro = [
+        f"# Findings: published trends on mnist5k ({budget} budget)",
+        "",
+        "Generated by `python benchmarks/findings.py" + flag + " --report` from the JSON results under "
+        f"`{rel}/{budget}/` only (one file per training run: config, seed, step, metrics, W&B group and run id). "
+        "Each table holds mean ± std over the seeds; a cell without results reads *not run yet*, and no figure is "
+        "estimated. A claim holds when the difference in the paper's direction exceeds 2 standard errors (paired by "
+        "seed when both sides are scored from the same checkpoints, Welch's otherwise).",
+        "",
+        "Run the missing pieces with `python benchmarks/findings.py" + flag + " --finding NAME` (each finished run "
+        "writes its JSON; `--commit` commits it; `--max-minutes 110` stops before a piece's time is up). The default "
+        "arm (the default config) is trained once and serves findings 1-5 and 7 (W&B group `findings-default`).",
+        "",
+    ]
+    lines: list[str] = []
+    summary = []
+    for name in FINDINGS:
+        spec = specs[name]
+        slugs = sorted(set(arms[name].values()))
+        total = len(slugs) * len(spec.seeds)
+        done = sum(res.done(s, spec.seeds) for s in slugs)
+        sec = SECTIONS[name](spec, res, arms[name])
+        word, why = verdict(sec.claims, done, total)
+        summary.append((spec.number, spec.title, word, done, total))
+        groups = sorted({g for s in slugs for g in res.groups(s, spec.seeds)})
+        planned = sorted({group_of[s] for s in slugs})
+        lines += [
+            f"## {spec.number}. {spec.title}",
+            "",
+            f"Paper: {spec.paper}. Published: {spec.published}.",
+            "",
+            f"Budget: {budget_line(spec, budget, composer)}.",
+            "",
+            f"Command: `python benchmarks/findings.py{flag} --finding {name}` (training jobs alone: "
+            f"`python train.py -m --config-dir sweeps +findings={name}`; spec `sweeps/findings/{name}.yaml`).",
+            "",
+            f"Runs: {done} of {total} done ({', '.join(f'`{s}`' for s in slugs)} x seeds {spec.seeds}); "
+            f"W&B group{'s' if len(groups or planned) > 1 else ''}: "
+            + ", ".join(f"`{g}`" for g in (groups or planned)) + ("" if groups else " (when run)") + ".",
+            "",
+            table(sec.header, sec.rows),
+            "",
+        ]
+        png = plot(plots / f"{name}.png", f"{spec.number}. {spec.title}", sec.panels) if done else None
+        if png is not None:
+            lines += [f"![{spec.title}]({os.path.relpath(png, out.parent)})", ""]
+        else:
+            lines += ["Plot: not run yet.", ""]
+        lines += [f"**Verdict: {word}.** " + "; ".join(why) + ".", ""]
+        lines += [f"- {n}" for n in sec.notes] + ([""] if sec.notes else [])
+        if wandb_dir is not None and png is not None:
+            log_to_wandb(spec, budget, sec, png, word, why, wandb_dir)
+    head = ["## Summary", "", table(["#", "finding", "verdict", "runs done"],
+                                    [[str(n), t, w, f"{d}/{tot}"] for n, t, w, d, tot in summary], ["r", "l", "l", "r"]), ""]
+    text = "\n".join(intro + head + lines).rstrip() + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+def log_to_wandb(spec: Spec, budget: str, sec: Section, png: Path, word: str, why: list[str], wandb_dir: Path) -> None:
+    """The finding's table and plot as a W&B run in the finding's group (offline without a key)."""
+    import numpy as np
+    from PIL import Image
+
+    from difflab.utils.loggers import log_image, log_table, make_wandb_logger
+
+    logger = make_wandb_logger("auto", save_dir=str(wandb_dir / f"{spec.name}-{budget}"), project="difflab", group=spec.group,
+                               job_type="findings-report", name=f"{spec.name}-{budget}-report",
+                               config={"finding": spec.name, "budget": budget, "verdict": word, "why": why})
+    log_table(logger, f"findings/{spec.name}/table", sec.header, sec.rows)
+    log_image(logger, f"findings/{spec.name}/plot", np.asarray(Image.open(png).convert("RGB")), step=0,
+              caption=f"{spec.title}: {word}")
+    logger.experiment.finish()
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--finding", action="append", choices=FINDINGS, help="run this finding (repeatable; default: all)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the full-size budget (a GPU): results and findings_full.md")
+    size.add_argument("--quick", action="store_true", help="tiny pipeline check in a temporary folder (CI)")
+    p.add_argument("--report", action="store_true", help="only write findings.md from the results; run nothing")
+    p.add_argument("--list", action="store_true", help="print the runs and whether each has a result; run nothing")
+    p.add_argument("--max-minutes", type=float, default=None, help="start no run that would end past this many minutes")
+    p.add_argument("--max-runs", type=int, default=None, help="run at most this many runs, then report")
+    p.add_argument("--results-dir", default=None, help=f"where the run JSONs go (default {RESULTS_DIR.relative_to(ROOT)})")
+    p.add_argument("--out", default=None, help="the markdown file (default benchmarks/findings.md, _full for --full)")
+    p.add_argument("--work-dir", default=None, help="run dirs (default outputs/findings; --quick: a temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep each run's checkpoints after its JSON is written")
+    p.add_argument("--commit", action="store_true", help="git-commit each result JSON as it is written, and the report")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the findings' tables and plots to W&B")
+    args = p.parse_args(argv)
+    budget = "quick" if args.quick else "full" if args.full else "short"
+    names = args.finding or list(FINDINGS)
+
+    with tempfile.TemporaryDirectory(prefix="difflab-findings-") as tmp:
+        tmp = Path(tmp)
+        if args.quick:
+            results = Path(args.results_dir) if args.results_dir else tmp / "findings"
+            out = Path(args.out) if args.out else tmp / "findings.md"
+        else:
+            results = Path(args.results_dir) if args.results_dir else RESULTS_DIR
+            out = Path(args.out) if args.out else ROOT / "benchmarks" / ("findings_full.md" if args.full else "findings.md")
+        plots = results / "plots" / ("" if budget == "short" else budget)
+        work = Path(args.work_dir) if args.work_dir else (tmp / "runs" if args.quick else ROOT / "outputs" / "findings")
+        cache = work / "real_stats"
+        runs, _, _ = plan(names, budget)
+        todo = []
+        for run in runs:
+            lacking = missing_labels(run, results)
+            state = "no result" if lacking is None else ("done" if not lacking else f"lacks {', '.join(lacking[:4])}")
+            if args.list:
+                print(f"{run.slug:40s} seed {run.seed}  [{', '.join(run.findings)}]  {state}")
+            if lacking is None or lacking:
+                todo.append(run)
+            else:
+                note(f"skip {run.slug} seed {run.seed}: its result is in {run.path(results)}")
+        if args.list:
+            return 0
+        start, durations, failed = time.perf_counter(), [], 0
+        if not args.report:
+            note(f"{len(todo)} of {len(runs)} runs to do ({budget} budget, findings {', '.join(names)})")
+            for i, run in enumerate(todo):
+                if args.max_runs is not None and i >= args.max_runs:
+                    note(f"--max-runs {args.max_runs}: {len(todo) - i} runs left for the next piece")
+                    break
+                if args.max_minutes is not None and durations:
+                    elapsed = (time.perf_counter() - start) / 60
+                    if elapsed + max(durations) / 60 > args.max_minutes:
+                        note(f"--max-minutes {args.max_minutes:g}: {elapsed:.0f} min used, {len(todo) - i} runs left")
+                        break
+                t0 = time.perf_counter()
+                note(f"run {i + 1}/{len(todo)}: {run.slug} seed {run.seed} (findings {', '.join(run.findings)})")
+                try:
+                    path = execute(run, results, work, cache, load_specs_for(run, budget), args.keep)
+                except Exception as e:  # one failed run does not stop the piece
+                    import traceback
+
+                    failed += 1
+                    note(traceback.format_exc())
+                    note(f"  FAILED {run.slug} seed {run.seed}: {type(e).__name__}: {e}")
+                    continue
+                durations.append(time.perf_counter() - t0)
+                note(f"  wrote {path} ({durations[-1]:.0f}s)")
+                if args.commit:
+                    _commit([path], f"Findings: {budget} result of {run.slug} seed {run.seed} ({', '.join(run.findings)})")
+        wandb_dir = None if (args.no_wandb or args.quick) else work / "wandb_reports"
+        write_report(results, budget, out, plots, wandb_dir)
+        print(out.read_text())
+        note(f"report: {out}")
+        if args.commit and not args.quick:
+            pngs = [p for p in plots.glob("*.png")]
+            _commit([out, *pngs], f"Findings ({budget}): report from the committed results")
+    return 1 if failed else 0
+
+
+def load_specs_for(run: Run, budget: str) -> dict[str, Spec]:
+    return {name: load_spec(name, budget) for name in run.findings}
+
+
+def _commit(paths: list[Path], message: str) -> None:
+    rel = [str(p.relative_to(ROOT)) for p in paths if p.is_relative_to(ROOT)]
+    if not rel:
+        return
+    subprocess.run(["git", "add", "--", *rel], cwd=ROOT, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], cwd=ROOT, check=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""benchmarks/findings.py: the specs, the statistics behind the verdicts, the report, and --quick end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import findings as F  # noqa: E402
+
+
+def test_one_spec_per_finding_with_three_seeds_and_its_own_group():
+    specs = sorted(p.stem for p in F.SPEC_DIR.glob("*.yaml") if p.stem != "common")
+    assert specs == sorted(F.FINDINGS)
+    for number, name in enumerate(F.FINDINGS, start=1):
+        spec = F.load_spec(name)
+        assert spec.number == number
+        assert len(spec.seeds) >= 3, name
+        assert spec.group == f"findings-{name}"
+        assert spec.arm_grid(), name
+        # only the grid, the group and the finding: fixed settings belong in common.yaml, so
+        # that two findings asking for the same arm ask for the same run
+        raw = OmegaConf.load(F.SPEC_DIR / f"{name}.yaml")
+        assert set(raw) == {"defaults", "group", "hydra", "finding"}, name
+        assert list(raw.defaults) == ["common", "_self_"]
+        assert set(raw.hydra) == {"sweeper"} and set(raw.hydra.sweeper) == {"params"}
+
+
+def test_budgets_change_the_grid_and_the_evaluations():
+    short, full, quick = (F.load_spec("ddim_eta", b) for b in F.BUDGETS)
+    assert short.params["trainer.max_steps"] == ["1500", "6000"]
+    assert full.params["trainer.max_steps"] == ["20000", "80000"]
+    assert full.params["callbacks.fid.n"] == ["4500"]
+    assert quick.params["seed"] == ["0", "1"] and quick.params["trainer.max_steps"] == ["4", "8"]
+    labels = F.expand_evaluations(short.evaluate)
+    # 4 steps x 4 etas x clip on/off, each named by its protocol part (+ _noclip)
+    assert len(labels) == 32
+    assert {"ddim10", "ddim10_noclip", "ddim10_eta0.2", "ddim100_eta1_noclip"} <= set(labels)
+    assert labels["ddim10_eta0.5_noclip"]["sampler"] == {"name": "ddim", "num_steps": 10, "eta": 0.5, "clip_sample": False}
+
+
+def test_evaluation_labels_name_the_protocol():
+    ev = F.expand_evaluations(F.load_spec("solvers").evaluate)
+    assert set(ev) == {"ddim10", "ddim20", "dpmpp2m_nfe10", "dpmpp2m_nfe20", "unipc_nfe10", "unipc_nfe20",
+                       "heun_karras_nfe9", "heun_karras_nfe19"}
+    ema = F.expand_evaluations(F.load_spec("ema").evaluate)
+    assert set(ema) == {"ddim50_eta1", "ddim50_eta1_raw"} and ema["ddim50_eta1_raw"]["weights"] == "raw"
+    cfg = F.expand_evaluations(F.load_spec("guidance").evaluate)
+    assert sorted(e["w"] for e in cfg.values()) == [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
+    with pytest.raises(ValueError, match="accepted: ema, raw"):
+        F.expand_evaluations([{"sampler": {"name": "ddim", "num_steps": 10}, "weights": "swa"}])
+    with pytest.raises(ValueError, match="sampler name 'dpm'"):
+        F.expand_evaluations([{"sampler": {"name": "dpm", "num_steps": 10}}])
+
+
+def test_paired_claim_is_a_t_like_test_on_the_per_seed_differences():
+    # differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3) = 0.577; 2 > 2 * 0.577 -> holds
+    c = F.Claim("x", low={0: 10.0, 1: 10.0, 2: 10.0}, high={0: 11.0, 1: 12.0, 2: 13.0}, paired=True)
+    outcome, line = c.test()
+    assert outcome == "agrees" and "+2 ± 0.58" in line
+    # the other way round: reversed
+    assert F.Claim("x", low=c.high, high=c.low, paired=True).test()[0] == "contradicts"
+    # differences 1, -1, 3: mean 1, sd 2, se 1.155: within 2 SE
+    assert F.Claim("x", low={0: 0, 1: 0, 2: 0}, high={0: 1, 1: -1, 2: 3}, paired=True).test()[0] == "unclear"
+    # one seed in common: nothing to test
+    assert F.Claim("x", low={0: 1.0}, high={0: 2.0, 1: 3.0}, paired=True).test()[0] == "missing"
+
+
+def test_unpaired_claim_uses_welch_standard_error():
+    low, high = {0: 1.0, 1: 2.0, 2: 3.0}, {0: 4.0, 1: 6.0, 2: 8.0}
+    se = math.sqrt(1.0 / 3 + 4.0 / 3)  # variances 1 and 4 over 3 seeds each
+    outcome, line = F.Claim("x", low=low, high=high, paired=False).test()
+    assert outcome == "agrees" and f"+4 ± {se:.2g}" in line  # 4 > 2 * 1.29
+
+
+def test_verdict_words():
+    agree = F.Claim("a", {0: 0, 1: 0}, {0: 1, 1: 1.1}, True)
+    reverse = F.Claim("b", {0: 1, 1: 1.1}, {0: 0, 1: 0}, True)
+    unclear = F.Claim("c", {0: 0, 1: 0}, {0: 1, 1: -1}, True)
+    assert F.verdict([agree], 6, 6)[0] == "reproduced"
+    assert F.verdict([agree, reverse], 6, 6)[0] == "not reproduced"
+    assert F.verdict([agree, unclear], 6, 6)[0] == "inconclusive"
+    word, why = F.verdict([agree], 5, 6)
+    assert word == "not run yet" and why == ["5 of 6 runs have results"]
+
+
+def test_cell_never_estimates():
+    assert F.cell([]) == "not run yet"
+    assert F.cell([2.0]) == "2.00 (1 seed)"
+    assert F.cell([1.0, 3.0]) == "2.00 ± 1.41"
+
+
+def _fake_result(root: Path, arm: str, seed: int, metrics: dict) -> None:
+    path = root / "short" / arm / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": F.FORMAT, "arm": arm, "seed": seed, "metrics": metrics,
+                                "wandb": {"group": "findings-default" if arm == "default" else "findings-ema",
+                                          "run_id": f"id{seed}"}}))
+
+
+@pytest.mark.slow
+def test_report_from_results_only(tmp_path):
+    """Without results every finding reads "not run yet" and no plot is drawn; with the EMA
+    finding's runs the table holds their mean ± std and the verdict follows the figures."""
+    out = tmp_path / "findings.md"
+    text = F.write_report(tmp_path / "res", "short", out, tmp_path / "plots")
+    assert text.count("**Verdict: not run yet.**") == 7
+    assert "not run yet" in text and not list((tmp_path / "plots").glob("*.png"))
+    for name in F.FINDINGS:
+        assert f"python benchmarks/findings.py --finding {name}" in text
+        assert f"+findings={name}" in text
+    # EMA: raw 10, 12, 14; EMA 0.999 5, 6, 7 (paired differences 5, 6, 7: holds); EMA 0.9999 the same
+    for s in range(3):
+        m = {"ddim50_eta1": {"fid": 5.0 + s}, "ddim50_eta1_raw": {"fid": 10.0 + 2 * s}}
+        _fake_result(tmp_path / "res", "default", s, m)
+        _fake_result(tmp_path / "res", "callbacks.ema.decay=0.9999", s, m)
+    text = F.write_report(tmp_path / "res", "short", out, tmp_path / "plots")
+    ema = text.split("## 7.")[1]
+    assert "| raw | - | 12.00 ± 2.00 |" in ema and "| EMA 0.999 | 0.999 | 6.00 ± 1.00 |" in ema
+    assert "**Verdict: reproduced.**" in ema and "`findings-default`" in ema
+    assert (tmp_path / "plots" / "ema.png").is_file()
+    # the other findings that use the default arm still lack figures or runs
+    assert text.split("## 2.")[1].split("## 3.")[0].count("**Verdict: not run yet.**") == 1
+
+
+def test_plan_shares_the_default_arm():
+    runs, _, arms = F.plan(list(F.FINDINGS), "short")
+    default = [r for r in runs if r.slug == "default"]
+    assert len(default) == 3
+    assert {"schedule", "min_snr", "objective", "ema"} <= set(default[0].findings)
+    assert default[0].group == "findings-default"
+    assert arms["schedule"][("schedule=cosine",)] == "default"
+    assert arms["ddim_eta"][("trainer.max_steps=1500",)] == "default"
+    assert arms["ddim_eta"][("trainer.max_steps=6000",)] == "trainer.max_steps=6000"
+    # the default arm is scored for every finding it serves, once per label
+    assert {"bpd", "fid_curve", "ddim10_noclip", "dpmpp2m_nfe20", "ddim50_eta1_raw"} <= set(default[0].evaluations)
+    assert sorted({r.slug for r in runs}) == sorted([
+        "default", "trainer.max_steps=6000", "schedule=linear", "objective.weighting=uniform", "objective=v",
+        "objective=x0", "conditioning=class", "callbacks.ema.decay=0.9999"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_quick_runs_the_pipeline_and_resumes(tmp_path):
+    """--quick trains 16 tiny runs, scores them, writes one JSON each and findings.md with a
+    verdict per finding; run again, it skips every run and rewrites the same report."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "findings.py"), "--quick",
+           "--results-dir", str(tmp_path / "findings"), "--out", str(tmp_path / "findings.md")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = sorted((tmp_path / "findings" / "quick").glob("*/seed*.json"))
+    assert len(files) == 16
+    rec = json.loads(files[0].read_text())
+    assert {"config", "seed", "global_step", "metrics", "wandb", "command"} <= set(rec)
+    assert rec["wandb"]["group"].startswith("findings-")
+    text = (tmp_path / "findings.md").read_text()
+    assert text.count("**Verdict: ") == 7 and "**Verdict: not run yet.**" not in text
+    assert len(list((tmp_path / "findings" / "plots" / "quick").glob("*.png"))) == 7
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "0 of 16 runs to do" in again.stderr and again.stderr.count("skip ") == 16
+    assert (tmp_path / "findings.md").read_text() == text
+
+
+def test_claim_without_results_is_not_run_yet():
+    assert F.Claim("x", {}, {}, True).test() == ("missing", "x: not run yet")
