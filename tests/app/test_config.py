@@ -17,11 +17,15 @@ GROUPS = {
     "objective": ["eps", "x0", "v"],
     "sampler": ["ddpm", "ddim", "ddim_eta1", "dpm_solver", "euler", "euler_ancestral", "heun", "unipc"],
     "backbone": ["unet", "diffusers_unet"],
+    "conditioning": ["none", "class"],  # built with each backbone in tests/test_conditioning.py
     "optimizer": ["adamw", "adam", "adamw_edm2"],
     "lr_scheduler": ["constant", "cosine", "linear"],
     "trainer": ["default", "cpu", "gpu", "ddp", "ddp_sim"],
     "logger": ["wandb", "csv", "tensorboard", "none"],
-    "callbacks": ["default", "none", "ema", "model_checkpoint", "sample_grid", "progress_bar", "trajectory", "nfe_table", "fid", "preemption", "lr_monitor"],
+    "callbacks": ["default", "none", "ema", "model_checkpoint", "sample_grid", "progress_bar", "trajectory", "nfe_table", "fid", "preemption", "lr_monitor",
+                  "autoencoder", "reconstructions", "rfid"],
+    "model": ["diffusion", "autoencoder"],
+    "first_stage": ["none", "autoencoder", "pretrained_vae"],
 }
 
 
@@ -241,3 +245,12 @@ def test_schemas_take_their_defaults_from_the_code():
                 assert node[p.name] == p.default, (name, p.name)
     with pytest.raises(Exception, match="prediction_type"):
         compose_train(["sampler.prediction_type=v"])  # not a sampler option any more
+
+
+@pytest.mark.parametrize("model", GROUPS["model"])
+@pytest.mark.parametrize("first_stage", GROUPS["first_stage"])
+def test_model_and_first_stage_options_compose(model, first_stage):
+    cfg = compose_train([f"model={model}", f"first_stage={first_stage}"])
+    assert cfg.model.name == model and cfg.first_stage.name == first_stage
+    # an autoencoder run has its own callbacks: no EMA, sample grid or sample FID
+    assert ("rfid" in cfg.callbacks and "ema" not in cfg.callbacks) == (model == "autoencoder")
