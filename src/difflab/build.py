@@ -232,8 +232,8 @@ def build_first_stage(cfg: Any, image_shape: tuple[int, ...]) -> Any:
 
 def latent_backbone_kwargs(cfg: DictConfig, latent_shape: tuple[int, ...], kwargs: dict[str, Any],
                            config_dict: dict | None) -> tuple[int, ...]:
-    """Set the backbone's channels and size to the latent's (in ``kwargs``, and in the stored
-    config so that checkpoints rebuild it); returns the latent shape."""
+    """Set the backbone's channels and size to the latent's (in ``kwargs``, in the run's config and
+    in the stored one, so that checkpoints rebuild it); returns the latent shape."""
     c, h, w = (int(s) for s in latent_shape)
     node = cfg.backbone
     sizes = {"in_channels": c}
@@ -243,6 +243,9 @@ def latent_backbone_kwargs(cfg: DictConfig, latent_shape: tuple[int, ...], kwarg
         if key in node:
             sizes[key] = h if h == w else [h, w]
     kwargs.update(sizes)
+    with open_dict(cfg):  # a resume compares the backbone with this config
+        for key, value in sizes.items():
+            cfg.backbone[key] = value
     if config_dict is not None and isinstance(config_dict.get("backbone"), dict):
         config_dict["backbone"].update(sizes)
     return (c, h, w)

@@ -1,0 +1,103 @@
+"""LatentDiffusionModule: scaled posterior latents, decoding, the scale from the data and in checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from difflab.diffusion.objectives import DiffusionObjective
+from difflab.diffusion.process import GaussianDiffusion
+from difflab.diffusion.schedules import linear_beta_schedule
+from difflab.errors import CheckpointError
+from difflab.first_stage import FirstStage, build_autoencoder_kl
+from difflab.latent import LatentDiffusionModule, unclip_for_latents
+from difflab.samplers import DDIMSampler
+
+
+def _first_stage(seed=0, scaling_factor=None):
+    torch.manual_seed(seed)
+    vae = build_autoencoder_kl(1, block_out_channels=(8, 8, 8), latent_channels=2, norm_num_groups=4)
+    return FirstStage(vae, (1, 28, 28), latent_multiple=4, scaling_factor=scaling_factor)
+
+
+class Backbone(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x)
+
+
+def _module(first_stage, sample_posterior=True):
+    return LatentDiffusionModule(
+        first_stage=first_stage, sample_posterior=sample_posterior, backbone=Backbone(),
+        process=GaussianDiffusion(linear_beta_schedule(100)), objective=DiffusionObjective(target="eps"),
+        sampler=DDIMSampler(num_steps=2), optimizer=torch.optim.AdamW,
+    )
+
+
+def test_the_module_samples_the_latent_shape_and_keeps_the_autoencoder_out_of_its_state():
+    m = _module(_first_stage())
+    assert m.image_shape == (2, 8, 8) and m.data_shape == (1, 28, 28)
+    assert not any(k.startswith(("first_stage", "vae")) for k in m.state_dict())
+    assert {"latent_scale", "latent_shift"} <= set(m.state_dict())
+    assert math.isnan(float(m.latent_scale))  # set from the data at fit start
+
+
+def test_latents_are_scaled_posterior_draws_and_decode_inverts_the_scale():
+    fs = _first_stage()
+    m = _module(fs, sample_posterior=False)
+    m.latent_scale.fill_(2.5)
+    m.latent_shift.fill_(0.1)
+    mean, logvar = torch.randn(3, 2, 8, 8), torch.full((3, 2, 8, 8), -2.0)
+    moments = torch.cat([mean, logvar], 1)
+    torch.testing.assert_close(m.to_latents(moments, torch.Generator().manual_seed(0)), (mean - 0.1) * 2.5)
+    torch.testing.assert_close(m.decode((mean - 0.1) * 2.5), fs.decode(mean), atol=1e-5, rtol=1e-5)
+    m.sample_posterior = True
+    many = torch.cat([moments] * 400)
+    z = m.to_latents(many, torch.Generator().manual_seed(0)) / 2.5 + 0.1  # unscaled draws
+    z = z.reshape(400, 3, 2, 8, 8)
+    torch.testing.assert_close(z.mean(0), mean, atol=0.08, rtol=0)  # 4.4 standard errors
+    assert float(z.std(0).mean()) == pytest.approx(math.exp(-1.0), rel=0.05)  # exp(logvar / 2)
+
+
+def test_a_pretrained_scaling_factor_is_used_as_given():
+    m = _module(_first_stage(scaling_factor=0.18215))
+    assert float(m.latent_scale) == pytest.approx(0.18215)
+
+
+def test_the_scale_is_set_once_from_the_data_and_resume_keeps_it():
+    class DM:
+        def latent_std(self, sample_posterior):
+            return 4.0
+
+    class Trainer:
+        datamodule, callbacks = DM(), []
+
+    m = _module(_first_stage())
+    m._trainer = Trainer()
+    m.on_fit_start()
+    assert float(m.latent_scale) == pytest.approx(0.25)
+    m.latent_scale.fill_(0.5)  # as loaded from a checkpoint
+    m.on_fit_start()
+    assert float(m.latent_scale) == 0.5
+
+
+def test_a_checkpoint_of_another_autoencoder_does_not_resume():
+    m = _module(_first_stage(0))
+    m.latent_scale.fill_(1.0)
+    ckpt = {"difflab": {}}
+    m.on_save_checkpoint(ckpt)
+    assert ckpt["difflab"]["first_stage"]["latent_scale"] == 1.0 and ckpt["difflab"]["data_shape"] == [1, 28, 28]
+    m.on_load_checkpoint(ckpt)  # the same autoencoder
+    with pytest.raises(CheckpointError, match="another autoencoder"):
+        _module(_first_stage(1)).on_load_checkpoint(ckpt)
+
+
+def test_latent_samplers_do_not_clip_x0():
+    s = DDIMSampler(num_steps=2)
+    assert s.clip_sample
+    assert unclip_for_latents(s).clip_sample is False
