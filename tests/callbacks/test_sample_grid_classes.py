@@ -50,3 +50,10 @@ def test_unconditional_grid_is_unchanged():
     assert cb.class_rows(module) is None
     image, caption = cb.render(SimpleNamespace(global_step=1), module)
     assert caption == "step 1" and image.shape[:2] == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
+
+
+def test_trajectories_of_a_conditional_model_are_guided():
+    from difflab.callbacks.trajectory import DenoisingTrajectory
+
+    trajectory = DenoisingTrajectory(num_seeds=4).trajectory(_module(ClassConditioning(3, guidance_scale=2.0)))
+    assert trajectory.nfe == 2 * 3  # 3 DDIM steps, each a guided evaluation

@@ -83,6 +83,12 @@ class DenoisingTrajectory(PeriodicImageCallback):
     def trajectory(self, pl_module: L.LightningModule) -> Trajectory:
         """Sample ``num_seeds`` images from ``seed`` and return their trajectory."""
         shape = image_shape_of(pl_module, "DenoisingTrajectory")
+        conditioning = getattr(pl_module, "conditioning", None)
+        guided = {}
+        if conditioning is not None:  # seed i draws class i mod K under the run's guidance
+            g = conditioning.guidance
+            guided = dict(y=torch.arange(self.num_seeds) % conditioning.num_classes, guidance_scale=g.scale,
+                          guidance_rescale=g.rescale, guidance_interval=g.interval)
         with evaluation_backbone(pl_module) as model:
             _, trajectory = generate(
                 model,
@@ -94,6 +100,7 @@ class DenoisingTrajectory(PeriodicImageCallback):
                 progress=getattr(getattr(pl_module, "_trainer", None), "is_global_zero", True),
                 prediction_type=pl_module.objective.target,
                 device=pl_module.device,
+                **guided,
             )
         decode = getattr(pl_module, "decode", None)
         if decode is not None:  # a latent model: show the decoded latents (arXiv:2112.10752)
