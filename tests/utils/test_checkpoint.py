@@ -134,6 +134,36 @@ def test_rebuilds_with_ema_or_raw_weights(tiny_ckpt):
     assert not ema.backbone.training
 
 
+def test_samples_with_the_betas_it_stores(tiny_ckpt, caplog):
+    """The betas in the checkpoint, not the schedule code, define the model: a stored config
+    that now gives other betas (changed schedule code) is reported in one line, and the
+    stored betas are used."""
+    import logging
+
+    ckpt = copy.deepcopy(load_checkpoint(tiny_ckpt))
+    assert torch.equal(build_model_from_checkpoint(ckpt).process.betas.double(),
+                       ckpt["state_dict"]["process.betas"].double())
+    stored = ckpt["state_dict"]["process.betas"].double() * 0.9  # as if the schedule code had changed since
+    ckpt["state_dict"]["process.betas"] = stored
+    with caplog.at_level(logging.WARNING):
+        model = build_model_from_checkpoint(ckpt)
+    assert torch.equal(model.process.betas.double(), stored)
+    lines = [r.getMessage() for r in caplog.records if "other betas" in r.getMessage()]
+    assert len(lines) == 1 and "samples with the stored ones" in lines[0] and "\n" not in lines[0]
+
+
+def test_a_schedule_override_that_disagrees_with_stored_betas_is_refused():
+    from difflab.build import build_core
+    from difflab.diffusion.process import GaussianDiffusion
+    from difflab.errors import ConfigError
+    from tests.conftest import compose_train
+
+    linear = GaussianDiffusion.from_schedule("linear", 1000).betas
+    with pytest.raises(ConfigError, match="other betas than the checkpoint stores"):
+        build_core(compose_train(["schedule=cosine"]), betas=linear)
+    assert torch.equal(build_core(compose_train(["schedule=linear"]), betas=linear)[0].betas.double(), linear.double())
+
+
 def test_without_ema_state_falls_back_to_raw(tiny_ckpt):
     ckpt = load_checkpoint(tiny_ckpt)
     del ckpt["callbacks"]["EMA"]
