@@ -100,3 +100,36 @@ class Stopwatch:
 def note(msg: str) -> None:
     """Progress to stderr (the tables go to stdout)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+#: A tiny UNet trained for a few steps in-process: what every benchmark's --quick scores (it
+#: checks a pipeline, not a figure). No FID callback, no grids: the benchmark scores itself.
+TINY = [
+    "backbone.base_channels=8",
+    "backbone.channel_mult=[1,2]",
+    "backbone.num_res_blocks=1",
+    "data.batch_size=16",
+    "data.val_batch_size=16",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.sample_grid",
+    "~callbacks.progress_bar",
+    "~callbacks.fid",
+    "lr_warmup_steps=0",
+    "logger=none",
+    "print_config=false",
+    "resume=false",
+]
+
+
+def train_tiny(out_dir: str, extra: Sequence[str] = ()) -> Path:
+    """Train :data:`TINY` (plus ``extra`` overrides) into ``out_dir``; the path of its last.ckpt."""
+    from difflab.train import run
+
+    run(compose_train([*TINY, *extra], output_dir=out_dir))
+    return Path(out_dir) / "checkpoints" / "last.ckpt"

@@ -25,38 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import compose_train, loadavg, machine, note, table  # noqa: E402
-
-TINY = [
-    "conditioning=class",
-    "backbone.base_channels=8",
-    "backbone.channel_mult=[1,2]",
-    "backbone.num_res_blocks=1",
-    "data.batch_size=16",
-    "data.val_batch_size=16",
-    "sampler.num_steps=10",
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=4",
-    "trainer.limit_val_batches=1",
-    "trainer.accelerator=cpu",
-    "trainer.precision=32-true",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "~callbacks.sample_grid",
-    "~callbacks.fid",
-    "~callbacks.progress_bar",
-    "lr_warmup_steps=0",
-    "logger=none",
-    "print_config=false",
-    "resume=false",
-]
-
-
-def train_tiny(out_dir: str) -> Path:
-    from difflab.train import run
-
-    run(compose_train(TINY, output_dir=out_dir))
-    return Path(out_dir) / "checkpoints" / "last.ckpt"
+from _common import loadavg, machine, note, table, train_tiny  # noqa: E402
 
 
 def _floats(text: str, what: str, parser: argparse.ArgumentParser) -> list[float]:
@@ -102,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cmd = "python benchmarks/guidance.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = train_tiny(str(Path(tmp) / "tiny")) if args.quick else Path(args.ckpt)
+        ckpt = train_tiny(str(Path(tmp) / "tiny"), ['conditioning=class', 'sampler.num_steps=10']) if args.quick else Path(args.ckpt)
         model = load_model(ckpt, use_ema=True)
         num_classes = getattr(model.backbone, "num_classes", None)
         if num_classes is None:

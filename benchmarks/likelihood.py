@@ -27,37 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import compose_train, loadavg, machine, note, table  # noqa: E402
-
-#: A tiny UNet trained for 4 steps (quality_nfe.py --quick's recipe, without the FID callback).
-TINY = [
-    "backbone.base_channels=8",
-    "backbone.channel_mult=[1,2]",
-    "backbone.num_res_blocks=1",
-    "data.batch_size=16",
-    "data.val_batch_size=16",
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=4",
-    "trainer.limit_val_batches=1",
-    "trainer.accelerator=cpu",
-    "trainer.precision=32-true",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "~callbacks.sample_grid",
-    "~callbacks.progress_bar",
-    "~callbacks.fid",  # the score here is bits/dim; a FID of the 4-step model would cost minutes
-    "lr_warmup_steps=0",
-    "logger=none",
-    "print_config=false",
-    "resume=false",
-]
-
-
-def train_tiny(out_dir: str) -> Path:
-    from difflab.train import run
-
-    run(compose_train(TINY, output_dir=out_dir))
-    return Path(out_dir) / "checkpoints" / "last.ckpt"
+from _common import loadavg, machine, note, table, train_tiny  # noqa: E402
 
 
 def main() -> None:

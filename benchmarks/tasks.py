@@ -32,23 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import compose_train, loadavg, machine, note, table  # noqa: E402
-
-TINY = [
-    "backbone.base_channels=8", "backbone.channel_mult=[1,2]", "backbone.num_res_blocks=1",
-    "data.batch_size=16", "data.val_batch_size=16", "data.exclude_classes=[7]",
-    "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.limit_val_batches=1", "trainer.accelerator=cpu",
-    "trainer.precision=32-true", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    "~callbacks.sample_grid", "~callbacks.fid", "~callbacks.progress_bar", "lr_warmup_steps=0", "logger=none",
-    "print_config=false", "resume=false",
-]
-
-
-def train_tiny(out_dir: str) -> Path:
-    from difflab.train import run
-
-    run(compose_train(TINY, output_dir=out_dir))
-    return Path(out_dir) / "checkpoints" / "last.ckpt"
+from _common import loadavg, machine, note, table, train_tiny  # noqa: E402
 
 
 def build_sampler(entry: dict, T: int):
@@ -199,7 +183,7 @@ def main() -> None:
     loads = [loadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or str(Path(tmp) / "real_stats")
-        tiny = train_tiny(str(Path(tmp) / "tiny")) if args.quick else None
+        tiny = train_tiny(str(Path(tmp) / "tiny"), ["data.exclude_classes=[7]"]) if args.quick else None
         ckpt, anomaly_ckpt = (tiny, tiny) if args.quick else (args.ckpt, args.anomaly_ckpt)
         out = []
         if ckpt:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from difflab.evaluation import eval_mode
 from difflab.utils.images import save_png
 from difflab.utils.logging import get_logger
 from difflab.utils.loggers import log_image
@@ -24,13 +25,8 @@ log = get_logger(__name__)
 def evaluation_backbone(pl_module: L.LightningModule) -> Iterator[torch.nn.Module]:
     """The weights to sample with (``pl_module.eval_backbone()``: the EMA copy when an EMA
     callback runs) in eval mode for the block; the previous train/eval mode is restored after."""
-    model = pl_module.eval_backbone()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(pl_module.eval_backbone()) as model:
         yield model
-    finally:
-        model.train(was_training)
 
 
 def image_shape_of(pl_module: L.LightningModule, who: str) -> tuple[int, ...]:
