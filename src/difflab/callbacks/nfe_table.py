@@ -153,13 +153,19 @@ class NFETable(Callback):
             from difflab.conditioning import balanced_labels
 
             labels, guidance = balanced_labels(self.n, conditioning.num_classes), conditioning.guidance
+        decode = getattr(pl_module, "decode", None)  # a latent model: score decoded samples
         for sampler in self.build_samplers(T):
+            if decode is not None:  # latents are sampled unclipped
+                from difflab.latent import unclip_for_latents
+
+                unclip_for_latents(sampler)
             start = time.perf_counter()
             with evaluation_backbone(pl_module) as model:
                 result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, evaluator, self.seed,
                                   self.batch_size, pl_module.device,
                                   progress=f"NFE table {sampler.key_part(T)}" if trainer.is_global_zero else False,
-                                  labels=labels, guidance=guidance, label_scheme="uniform")
+                                  labels=labels, guidance=guidance, label_scheme="uniform",
+                                  shape=shape, decode=decode)
             self.floor_values = result.floor
             row: dict[str, Any] = {
                 "sampler": sampler.name, "key_part": sampler.key_part(T),
