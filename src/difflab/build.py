@@ -220,7 +220,7 @@ def build_first_stage(cfg: Any, image_shape: tuple[int, ...]) -> Any:
     """The :class:`~difflab.first_stage.FirstStage` of ``cfg.first_stage``, or None for pixels
     (``first_stage=none``, or no first_stage in an older checkpoint's config)."""
     node = cfg.get("first_stage")
-    if node is None or not node.get("_target_"):
+    if node is None or not node.get("_target_") or str(node.get("name", "")).lower() == "none":
         return None
     if model_name(cfg) == "autoencoder":
         raise ConfigError("model=autoencoder trains a first stage on pixels; drop the first_stage override")

@@ -104,6 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from difflab.latent import unclip_for_latents
 
         unclip_for_latents(sampler)
+        model.extra["first_stage"]()  # the autoencoder now: a missing or another one fails before sampling
         if nll:
             raise ConfigError("metrics=[nll] is the likelihood of pixels; this checkpoint is a latent model (first_stage), "
                               "whose ODE likelihood would be of its latents: drop nll")

@@ -87,6 +87,16 @@ def test_latent_run_samples_decoded_images_resumes_and_refuses_export(autoencode
     with pytest.raises(CheckpointError, match="first_stage._target_"):
         _run(pixel, tmp_path, 6)
 
+    # the autoencoder file changed under the latent model: sampling refuses in one line
+    ae_path = autoencoder / "checkpoints" / "last.ckpt"
+    ae = torch.load(ae_path, weights_only=True)
+    key = next(k for k in ae["state_dict"] if k.startswith("vae.encoder"))
+    ae["state_dict"][key] = ae["state_dict"][key] + 0.01
+    torch.save(ae, ae_path)
+    with pytest.raises(CheckpointError, match="another autoencoder") as e:
+        load_model(tmp_path / "checkpoints" / "last.ckpt").extra["first_stage"]()
+    assert "\n" not in str(e.value)
+
 
 def test_a_missing_autoencoder_checkpoint_fails_before_anything_runs(tmp_path):
     with pytest.raises(Exception, match="first_stage.ckpt"):

@@ -275,32 +275,45 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, sour
 
 
 def _latent_extra(ckpt: dict[str, Any], config: dict[str, Any], sampler: Sampler, source: str) -> dict[str, Any]:
-    """A latent model's ``decode`` (scaled latents -> images in [-1, 1]) and ``data_shape``, rebuilt
-    from its stored ``first_stage`` config and latent scale; ``{}`` for a pixel model. Its
-    sampler samples unclipped (:func:`difflab.latent.unclip_for_latents`)."""
+    """A latent model's ``decode`` (scaled latents -> images in [-1, 1]), ``data_shape`` and
+    ``first_stage`` (a callable that builds it), from its stored ``first_stage`` config and latent
+    scale; ``{}`` for a pixel model. The autoencoder is built on the first decode (a checkpoint
+    loads without it, e.g. for export, which refuses latent models), and checked against the
+    fingerprint the checkpoint stores. The sampler samples unclipped
+    (:func:`difflab.latent.unclip_for_latents`)."""
     node = config.get("first_stage")
-    if not isinstance(node, dict) or not node.get("_target_"):
+    if not isinstance(node, dict) or not node.get("_target_") or str(node.get("name", "")).lower() == "none":
         return {}
-    from difflab.build import build_first_stage
     from difflab.latent import unclip_for_latents
 
-    info = (ckpt.get("difflab") or {})
+    info = ckpt.get("difflab") or {}
     data_shape = tuple(int(s) for s in info.get("data_shape") or ())
     raw = ckpt.get("state_dict") or {}
-    if not data_shape or "latent_scale" not in raw:
-        raise CheckpointError(f"{source}: a latent model (first_stage) without its data shape or latent scale; train it again")
-    first_stage = build_first_stage(OmegaConf.create({"first_stage": node}), data_shape)
-    stored = (info.get("first_stage") or {}).get("fingerprint")
-    if stored is not None and stored != first_stage.fingerprint:
-        raise CheckpointError(
-            f"{source} was trained on the latents of another autoencoder than {first_stage.source} (fingerprint "
-            f"{stored}, now {first_stage.fingerprint}); point first_stage at the one it was trained with"
-        )
-    scale, shift = float(raw["latent_scale"]), float(raw.get("latent_shift", torch.tensor(0.0)))
+    built: dict[str, Any] = {}
+
+    def first_stage() -> Any:
+        if "first_stage" not in built:
+            from difflab.build import build_first_stage
+
+            if not data_shape or "latent_scale" not in raw:
+                raise CheckpointError(f"{source}: a latent model (first_stage) without its data shape or latent scale; "
+                                      "it was not written by train.py; train it again")
+            fs = build_first_stage(OmegaConf.create({"first_stage": node}), data_shape)
+            stored = (info.get("first_stage") or {}).get("fingerprint")
+            if stored is not None and stored != fs.fingerprint:
+                raise CheckpointError(
+                    f"{source} was trained on the latents of another autoencoder than {fs.source} (fingerprint "
+                    f"{stored}, now {fs.fingerprint}); point first_stage at the one it was trained with"
+                )
+            built["first_stage"] = fs
+        return built["first_stage"]
+
+    scale = float(raw["latent_scale"]) if "latent_scale" in raw else float("nan")
+    shift = float(raw.get("latent_shift", torch.tensor(0.0)))
     unclip_for_latents(sampler)
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        return first_stage.decode(z.float() / scale + shift)
+        return first_stage().decode(z.float() / scale + shift)
 
     return {"decode": decode, "data_shape": data_shape, "first_stage": first_stage, "latent_scale": scale}
 
