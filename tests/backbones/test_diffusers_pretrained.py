@@ -162,3 +162,19 @@ def test_pretrained_backbone_kwargs_rebuild_the_architecture_without_the_folder(
     cond = pretrained_backbone_kwargs(tmp_path / "cond", num_classes=3)
     assert cond["num_classes"] == 3 and "num_class_embeds" not in cond
     assert DiffusersUNet(**cond).unet.config.num_class_embeds == 4
+
+
+def test_build_module_refuses_a_folder_whose_schedule_is_not_the_runs(tmp_path):
+    """backbone.pretrained with the run's schedule and objective builds; another schedule stops
+    the run in one line before anything is trained (difflab.build.build_module)."""
+    from difflab.build import build_module
+    from difflab.errors import ConfigError
+    from tests.conftest import compose_train
+
+    pipeline_folder(tmp_path / "linear", tiny_unet(), beta_schedule="linear")  # google/ddpm-cifar10-32's schedule
+    base = ["backbone=diffusers_unet", f"backbone.pretrained={tmp_path / 'linear'}"]
+    module = build_module(compose_train([*base, "schedule=linear"], output_dir=str(tmp_path)), (1, 28, 28))
+    assert module.process.num_timesteps == 1000
+    with pytest.raises(ConfigError, match="schedule") as e:
+        build_module(compose_train(base, output_dir=str(tmp_path)), (1, 28, 28))  # the default: cosine
+    assert "\n" not in str(e.value)
