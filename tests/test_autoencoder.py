@@ -16,10 +16,6 @@ def _module(**kwargs):
     return AutoencoderModule(vae=vae, optimizer=torch.optim.AdamW, image_shape=(1, 28, 28), latent_multiple=4, **kwargs)
 
 
-class _Trainer:  # what self.log and global_step need outside a fit
-    global_step = 0
-
-
 def _step(m, x):
     m.log = m.log_dict = lambda *a, **k: None
     return m.training_step((x, torch.zeros(len(x), dtype=torch.long)), 0)
@@ -97,3 +93,18 @@ def test_gan_terms_reach_only_their_own_parameters_after_the_start_step(monkeypa
         expected = disc[n] if n.startswith("discriminator.") else ae[n]
         assert grad is not None and expected is not None, n
         torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_a_non_finite_gradient_skips_the_step_and_too_many_stop_the_run():
+    from difflab.module import NonFiniteLossError
+
+    m = _module(max_consecutive_nonfinite=2)
+    m.log = lambda *a, **k: None
+    opt = torch.optim.AdamW(m.parameters())
+    p = next(m.vae.parameters())
+    p.grad = torch.full_like(p, float("nan"))
+    m.configure_gradient_clipping(opt, 1.0, "norm")
+    assert m.last_step_skipped and p.grad is None and m.skipped_steps == 1
+    p.grad = torch.full_like(p, float("inf"))
+    with pytest.raises(NonFiniteLossError, match="2 consecutive steps"):
+        m.configure_gradient_clipping(opt, 1.0, "norm")

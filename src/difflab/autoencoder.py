@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from difflab.module import DiffusionModule
 from difflab.utils.lr import LRSchedule
 
 __all__ = ["AutoencoderModule", "PatchDiscriminator"]
@@ -82,6 +83,8 @@ class AutoencoderModule(L.LightningModule):
         lr_scheduler: the learning-rate schedule.
         seed: the posterior noise is seeded by (seed, rank, step, batch).
         config: the resolved run config, stored as hyperparameters.
+        max_consecutive_nonfinite: stop after this many consecutive steps with a non-finite
+            gradient (each is skipped), as a diffusion run does.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class AutoencoderModule(L.LightningModule):
         lr_scheduler: LRSchedule | None = None,
         seed: int = 0,
         config: dict[str, Any] | None = None,
+        max_consecutive_nonfinite: int = 20,
     ) -> None:
         super().__init__()
         from difflab.first_stage import FirstStage
@@ -124,6 +128,10 @@ class AutoencoderModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_warmup_steps, self.lr_scheduler = int(lr_warmup_steps), lr_scheduler
         self.seed = int(seed)
+        if max_consecutive_nonfinite < 1:
+            raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
+        self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
+        self.skipped_steps, self.consecutive_nonfinite, self.last_step_skipped = 0, 0, False
         self.save_hyperparameters({"config": config or {}}, logger=False)
         from torchmetrics.image import PeakSignalNoiseRatio
 
@@ -208,6 +216,12 @@ class AutoencoderModule(L.LightningModule):
         scheduler = schedule.build(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
+    # clip by global norm, log it, skip a step whose gradient is not finite (the diffusion run's)
+    configure_gradient_clipping = DiffusionModule.configure_gradient_clipping
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["difflab"] = {"image_shape": list(self.image_shape), "latent_shape": list(self.latent_shape),
-                                 "model": "autoencoder"}
+        checkpoint["difflab"] = {"skipped_steps": self.skipped_steps, "image_shape": list(self.image_shape),
+                                 "latent_shape": list(self.latent_shape), "model": "autoencoder"}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("difflab", {}).get("skipped_steps", 0))

@@ -131,10 +131,6 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         return build_autoencoder_module(cfg, image_shape, config_dict)
     first_stage = build_first_stage(cfg, image_shape)
     process, objective, sampler = build_core(cfg)
-    if cfg.backbone.get("pretrained"):  # a diffusers folder: its schedule must be the run's
-        from difflab.utils.diffusers_interop import check_pretrained_schedule
-
-        check_pretrained_schedule(cfg.backbone.pretrained, process, objective.target)
     conditioning = build_conditioning(cfg)
     backbone_kwargs = {}
     if conditioning.num_classes is not None:  # the class embedding follows the data set
@@ -278,7 +274,7 @@ def build_autoencoder_module(cfg: DictConfig, image_shape: tuple[int, ...], conf
             gan_weight=float(node.get("gan_weight", 0.0)), gan_start_step=int(node.get("gan_start_step", 0)),
             discriminator=discriminator, lr_warmup_steps=cfg.lr_warmup_steps,
             lr_scheduler=instantiate(cfg.lr_scheduler, "lr_scheduler") if cfg.get("lr_scheduler") is not None else None,
-            seed=cfg.seed, config=config_dict,
+            seed=cfg.seed, config=config_dict, max_consecutive_nonfinite=cfg.max_consecutive_nonfinite,
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {' '.join(str(e).split())}") from None

@@ -44,6 +44,9 @@ def test_the_autoencoder_run_logs_psnr_rfid_and_grids(autoencoder):
     assert (autoencoder / "reconstructions" / "step_0000002.png").is_file()
     ckpt = torch.load(autoencoder / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["difflab"]["latent_shape"] == [2, 8, 8] and any(k.startswith("vae.") for k in ckpt["state_dict"])
+    # resume=auto continues the autoencoder run
+    _run([*AE, f"paths.cache_dir={autoencoder / 'cache'}"], autoencoder, 3)
+    assert torch.load(autoencoder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def test_latent_run_samples_decoded_images_resumes_and_refuses_export(autoencoder, tmp_path):
