@@ -131,6 +131,10 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         return build_autoencoder_module(cfg, image_shape, config_dict)
     first_stage = build_first_stage(cfg, image_shape)
     process, objective, sampler = build_core(cfg)
+    if cfg.backbone.get("pretrained"):  # a diffusers folder: its schedule must be the run's
+        from difflab.utils.diffusers_interop import check_pretrained_schedule
+
+        check_pretrained_schedule(cfg.backbone.pretrained, process, objective.target)
     conditioning = build_conditioning(cfg)
     backbone_kwargs = {}
     if conditioning.num_classes is not None:  # the class embedding follows the data set
