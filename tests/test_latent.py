@@ -101,3 +101,15 @@ def test_latent_samplers_do_not_clip_x0():
     s = DDIMSampler(num_steps=2)
     assert s.clip_sample
     assert unclip_for_latents(s).clip_sample is False
+
+
+@pytest.mark.parametrize("name", sorted(__import__("difflab.samplers", fromlist=["SAMPLERS"]).SAMPLERS))
+def test_every_sampler_draws_latents_that_decode_to_images(name):
+    from difflab.evaluation import draw
+    from difflab.samplers import SAMPLERS
+
+    m = _module(_first_stage())
+    m.latent_scale.fill_(1.0)
+    sampler = unclip_for_latents(SAMPLERS[name](num_steps=2))
+    ((_, x),) = draw(m.backbone.eval(), m.process, sampler, "eps", m.image_shape, 2, batches=[0], decode=m.decode)
+    assert x.dtype == torch.uint8 and x.shape == (2, 1, 28, 28)
