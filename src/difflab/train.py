@@ -43,7 +43,7 @@ def save_final_checkpoint(trainer: L.Trainer) -> None:
     if any(getattr(c, "saved_path", None) is not None for c in trainer.callbacks):
         return  # the preemption callback saved mid-epoch; a save after fit would mark the epoch done
     path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
-    trainer.save_checkpoint(str(path))
+    trainer.save_checkpoint(str(path), weights_only=False)  # the full state: resume continues from it
     cb.last_model_path = str(path)
 
 

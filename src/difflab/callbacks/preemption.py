@@ -133,7 +133,7 @@ class Preemption(Callback):
         if isinstance(ckpt, ModelCheckpoint) and ckpt.save_last and path.name == f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt":
             # so that the resumed ModelCheckpoint keeps writing this file, not last-v1.ckpt
             ckpt.last_model_path = str(path)
-        trainer.save_checkpoint(str(path))
+        trainer.save_checkpoint(str(path), weights_only=False)  # the full state, for resume
         self.saved_path = path
         if isinstance(ckpt, ModelCheckpoint) and hasattr(ckpt, "_last_checkpoint_saved"):
             # ModelCheckpoint.on_train_end writes last.ckpt when it has saved none itself (a signal
