@@ -104,26 +104,25 @@ def test_resume_continues_exactly(tmp_path):
 
     import difflab.train as train_mod
 
-    original = train_mod._instantiate_group
+    original = train_mod.build_callbacks
 
     def with_recorder(key):
-        def patched(node, name):
-            out = original(node, name)
-            return out + [Recorder(key)] if name == "callbacks" else out
+        def patched(cfg):
+            return original(cfg) + [Recorder(key)]
 
         return patched
 
-    train_mod._instantiate_group = with_recorder("first")
+    train_mod.build_callbacks = with_recorder("first")
     try:
         run_tiny(tmp_path, ["logger=none"], steps=3)
-        train_mod._instantiate_group = with_recorder("second")
+        train_mod.build_callbacks = with_recorder("second")
         cfg = compose_train(
             [*TINY, "trainer.max_steps=5", "trainer.val_check_interval=5", "logger=none"],
             output_dir=str(tmp_path),
         )
         run(cfg)  # resume=auto picks up checkpoints/last.ckpt
     finally:
-        train_mod._instantiate_group = original
+        train_mod.build_callbacks = original
 
     first, second = captured["first_end"], captured["second_start"]
     assert first["step"] == second["step"] == 3

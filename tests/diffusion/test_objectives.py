@@ -36,8 +36,9 @@ def test_min_snr_weights_closed_form(process: GaussianDiffusion, target: str, ga
 
 
 def test_uniform_weights(process: GaussianDiffusion) -> None:
-    w = DiffusionObjective("v").weights(process, torch.tensor([0, 199]))
+    w = DiffusionObjective("v", weighting="uniform").weights(process, torch.tensor([0, 199]))
     assert w.tolist() == [1.0, 1.0]
+    assert DiffusionObjective("v").weighting == "min_snr"  # the default, in code, schema and YAML
 
 
 def test_min_snr_limits_without_nan() -> None:
@@ -103,7 +104,7 @@ def test_call_draws_t_then_noise_from_generator(process: GaussianDiffusion) -> N
         return torch.zeros_like(x_t)
 
     x0 = torch.rand(3, 1, 4, 4) * 2 - 1
-    obj = DiffusionObjective("eps")
+    obj = DiffusionObjective("eps", weighting="uniform")
     y = torch.tensor([1, 2, 3])
     res = obj(model, process, x0, torch.Generator().manual_seed(11), y=y)
     g = torch.Generator().manual_seed(11)
