@@ -59,7 +59,11 @@ def main() -> None:
         opt = module.optimizer_factory([p for p in module.backbone.parameters() if p.requires_grad])
         ema = EMA(decay=0.999)
         ema.ema_model = __import__("copy").deepcopy(module.backbone).eval().requires_grad_(False)
-        loader = iter(dm.train_dataloader())
+        def batches():
+            while True:  # epochs back to back
+                yield from dm.train_dataloader()
+
+        loader = batches()
         evaluator = Evaluator(dm, "digits", ("fid", "kid"), n, Path(tmp) / "real_stats")
         evaluator.floor(), evaluator._real("train", 0, evaluator.n_real)  # cached before the timing
 
@@ -80,7 +84,7 @@ def main() -> None:
 
         def fid() -> float:
             start = time.perf_counter()
-            with eval_mode(ema.ema_model), precision.forward_context():
+            with eval_mode(ema.ema_model):  # as the callback samples: outside the training autocast
                 evaluate(ema.ema_model, module.process, sampler, module.objective.target, evaluator, 0,
                          int(cfg.callbacks.fid.batch_size), "cpu")
             return time.perf_counter() - start
