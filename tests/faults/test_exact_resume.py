@@ -20,6 +20,9 @@ COMMON = [
     "trainer.deterministic=true",
     "callbacks.ema.decay=0.9",
     "lr_warmup_steps=3",
+    # the decay is planned over the whole run: a run stopped early by a smaller max_steps
+    # follows the same LR schedule as the uninterrupted one (cosine decays over total_steps)
+    "lr_scheduler.total_steps=10",
 ]
 TOTAL = 10
 

@@ -99,11 +99,8 @@ class LRSchedule:
                 f"lr_scheduler={self.name} decays over trainer.max_steps, which is not set; set trainer.max_steps "
                 "or lr_scheduler.total_steps"
             )
-        if self.name != "constant" and self.warmup_steps >= total:
-            raise ValueError(
-                f"lr_scheduler.warmup_steps ({self.warmup_steps}) must be below the total steps ({total}) of the "
-                f"{self.name} decay; lower lr_warmup_steps or raise trainer.max_steps"
-            )
+        # a warm-up as long as the run is allowed (validation says so in one line): lr_factor
+        # ramps up over the whole run and never reaches the decay
         name, warmup, ratio = self.name, self.warmup_steps, self.min_lr_ratio
 
         def lr_lambda(step: int) -> float:

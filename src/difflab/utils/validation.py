@@ -254,16 +254,22 @@ def check_loggers(cfg: DictConfig) -> None:
 
 
 def check_lr_schedule(cfg: DictConfig) -> None:
-    """A decaying schedule needs its warm-up to end before the decay does."""
+    """A decaying schedule whose warm-up lasts the whole run never decays: said in one line.
+
+    Not an error: the default schedule decays (cosine), and a short run such as
+    ``trainer.max_steps=100`` is a normal first try; it then trains on the warm-up ramp.
+    """
     node = cfg.get("lr_scheduler")
     if node is None or node.get("name", "constant") == "constant":
         return
     warmup = node.get("warmup_steps")
     total = node.get("total_steps") or OmegaConf.select(cfg, "trainer.max_steps", default=None)
     if isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup >= total:
-        raise ConfigError(
-            f"lr_scheduler={node.name}: the warm-up (lr_warmup_steps={warmup}) must end before the decay does "
-            f"(at step {total}); lower lr_warmup_steps or raise trainer.max_steps"
+        from difflab.utils.logging import get_logger
+
+        get_logger(__name__).warning(
+            "lr_scheduler=%s: the warm-up (lr_warmup_steps=%d) lasts the whole run (trainer.max_steps=%d), so the "
+            "learning rate never decays; lower lr_warmup_steps for a decay", node.name, warmup, total,
         )
 
 
