@@ -199,7 +199,7 @@ class Evaluator:
         self.cache = RealStatsCache(cache_dir) if cache_dir else None
         self.extractor = extractor or build_feature_extractor(feature, weights_path=weights_path, device=device)
         self._features = _SharedFeatures(self.extractor)
-        self._pool: dict[str, np.ndarray] | None = None
+        self._split_sizes: tuple[int, int] | None = None
         self._stats: dict[tuple[str, int, int], RealStats] = {}
         self._floor: dict[str, float] | None = None
 
@@ -233,10 +233,13 @@ class Evaluator:
         return stats
 
     def _sizes(self) -> tuple[int, int]:
-        train, val = self._split("train"), self._split("val")
-        if train is None:
-            raise ValueError(f"data {self.data.name!r} has no training images to take the reference from")
-        return len(train), (0 if val is None else len(val))
+        """(train, val) split sizes, read once: every score and protocol asks for them."""
+        if self._split_sizes is None:
+            train, val = self._split("train"), self._split("val")
+            if train is None:
+                raise ValueError(f"data {self.data.name!r} has no training images to take the reference from")
+            self._split_sizes = len(train), (0 if val is None else len(val))
+        return self._split_sizes
 
     @property
     def n_real(self) -> int:
