@@ -8,6 +8,8 @@ sweep skips a finished job (and starts no W&B run for it) is tested on the multi
 
 from __future__ import annotations
 
+import re
+
 from omegaconf import OmegaConf
 
 from difflab.utils.sweeps import finished_marker
@@ -24,7 +26,10 @@ def _main(run_dir, overrides):
 
 
 def _run_ids(run_dir) -> list[str]:
-    return sorted(p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*"))
+    """The run id of each offline run folder, ``offline-run-<date>_<time>-<id>``; W&B appends
+    ``-1``, ``-2`` ... when a resume starts within the same second as the run before it."""
+    names = [p.name for p in (run_dir / "wandb").glob("offline-run-*")]
+    return sorted(re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(?:-\d+)?", n).group(1) for n in names)
 
 
 def test_a_resumed_run_continues_its_wandb_run(tmp_path):
