@@ -38,6 +38,13 @@ def _table() -> dict[str, dict]:
         out[f"dpmpp2m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2}
         out[f"dpmpp3m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 3}
         out[f"sde_dpmpp2m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2, "algorithm": "sde-dpmsolver++"}
+        out[f"sde_dpmpp3m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 3, "algorithm": "sde-dpmsolver++"}
+        out[f"sde_dpmpp2m_heun{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2,
+                                          "algorithm": "sde-dpmsolver++", "solver_type": "heun"}
+        out[f"sde_dpmpp2m_karras{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2,
+                                            "algorithm": "sde-dpmsolver++", "use_karras_sigmas": True}
+        out[f"dpmpp2m_karras{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2, "use_karras_sigmas": True}
+        out[f"euler_a_karras{nfe}"] = {"name": "euler_ancestral", "num_steps": nfe, "use_karras_sigmas": True}
         out[f"unipc{nfe}"] = {"name": "unipc", "num_steps": nfe}
         out[f"euler_karras{nfe}"] = {"name": "euler", "num_steps": nfe, "use_karras_sigmas": True}
         out[f"euler_a{nfe}"] = {"name": "euler_ancestral", "num_steps": nfe}

@@ -1,9 +1,10 @@
-"""Editing with a trained model: inpainting (RePaint), image-to-image (SDEdit), anomaly scores (AnoDDPM).
+"""Editing with a trained model: inpainting (RePaint), image-to-image (SDEdit), super-resolution (SR3), anomaly scores (AnoDDPM).
 
-    python benchmarks/tasks.py --ckpt RUN/checkpoints/last.ckpt --anomaly-ckpt RUN_NO7/checkpoints/last.ckpt
-    python benchmarks/tasks.py --quick          # tiny model trained in-process (without the digit 7), < 1 min
+    python benchmarks/tasks.py --ckpt RUN/checkpoints/last.ckpt --anomaly-ckpt RUN_NO7/checkpoints/last.ckpt \
+        --sr-ckpt RUN_SR3/checkpoints/last.ckpt
+    python benchmarks/tasks.py --quick          # tiny models trained in-process (without the digit 7; SR x2), < 1 min
 
-Three tables, each on the val split of mnist5k (n digits, a fixed random subset, the same for
+Four tables, each on the val split of mnist5k (n digits, a fixed random subset, the same for
 every table), drawn through the task functions that ``python sample.py task=...`` runs:
 
 1. **Inpainting** a ``--box`` x ``--box`` centre square (14 x 14) with RePaint
@@ -16,6 +17,10 @@ every table), drawn through the task functions that ``python sample.py task=...`
 3. **Anomaly** AUROC (torchmetrics) of the reconstruction error after noising to t, on a model
    trained without the digit ``--anomaly-class`` (``data.exclude_classes=[7]``): that digit is
    the anomaly. Goal: >= 0.8.
+4. **Super-resolution** (SR3, ``task=super_resolution``) of the n val digits average-pooled by
+   the checkpoint's factor (14 x 14 -> 28 x 28 for ``experiment=mnist5k_sr3``): PSNR, SSIM and
+   digits-FID of the SR3 results and of bicubic upsampling (the baseline) against the
+   originals / the training split. Goal: SR3 beats bicubic on FID.
 
 ``--quick`` trains one tiny UNet for a few steps without the digit 7 and runs the three tables
 with short grids, on 20 digits (the anomaly table on all 500): it checks the pipeline, not the
@@ -143,11 +148,49 @@ def anomaly_table(model, args, device):
     return rows, sampler.key_part(T), int(anomalous.sum()), excluded
 
 
+def sr_table(model, args, images, device, cache_dir):
+    import torch
+
+    from difflab.evaluation import Evaluator, eval_mode, sample_generators
+    from difflab.tasks.common import batches, datamodule_of
+    from difflab.tasks.super_resolution import low_res_of, psnr_ssim, upscale
+    from difflab.utils.images import from_uint8, to_uint8
+
+    T = model.process.num_timesteps
+    sampler = build_sampler(args.sr_sampler, T) if args.sr_sampler else model.sampler
+    low_res = low_res_of(model)
+    size = tuple(model.image_shape[1:])
+    small = low_res.downsample(from_uint8(images))
+    bicubic = to_uint8(low_res.upsample(small, size))
+    t0, out = time.perf_counter(), []
+    with eval_mode(model.backbone):
+        for idx in batches(len(images), args.batch_size):
+            y = low_res.upsample(small[idx.start : idx.stop], size)
+            out.append(to_uint8(upscale(model.backbone, model.process, sampler, model.objective.target, y,
+                                        sample_generators(args.seed, idx), device)).cpu())
+    secs = time.perf_counter() - t0
+    result = torch.cat(out)
+    evaluator = Evaluator(datamodule_of(model), "digits", ("fid",), len(images), cache_dir, device=device)
+    rows = []
+    for name, x, nfe, sec in (("SR3", result, sampler.nfe(T), f"{secs:.1f}"), ("bicubic (baseline)", bicubic, 0, "-"),
+                              ("originals", images, 0, "-")):
+        psnr, ssim = psnr_ssim(x, images) if x is not images else (float("inf"), 1.0)
+        fid = evaluator.score(iter([x]), len(x), args.seed)["fid"]
+        rows.append([name, nfe, "inf" if psnr == float("inf") else f"{psnr:.2f}", f"{ssim:.4f}", f"{fid:.3f}", sec])
+    floor = evaluator.floor()
+    n_lr = tuple(small.shape[-2:])
+    setting = (f"x{low_res.factor}, {n_lr[0]}x{n_lr[1]} -> {size[0]}x{size[1]}, {sampler.key_part(T)}; FID against "
+               f"mnist5k/train, digits features; floor {', '.join(f'{k} = {v:.3f}' for k, v in floor.items()) or 'n/a'}")
+    return rows, setting
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="a model of all of mnist5k (inpainting, img2img)")
     p.add_argument("--anomaly-ckpt", help="a model trained with data.exclude_classes=[<anomaly class>]")
-    p.add_argument("--quick", action="store_true", help="one tiny model trained in-process, 20 digits")
+    p.add_argument("--sr-ckpt", help="a super-resolution model (conditioning=low_res, e.g. experiment=mnist5k_sr3)")
+    p.add_argument("--sr-sampler", default=None, help="name:steps of the SR sampler, e.g. ddim:50 (default: the checkpoint's)")
+    p.add_argument("--quick", action="store_true", help="tiny models trained in-process, 20 digits")
     p.add_argument("--n", type=int, default=None, help="val digits (default 500; --quick 20)")
     p.add_argument("--box", type=int, default=14)
     p.add_argument("--jump-length", type=int, default=10)
@@ -163,8 +206,13 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args()
-    if not args.quick and not (args.ckpt or args.anomaly_ckpt):
-        p.error("--ckpt and/or --anomaly-ckpt are required (or --quick)")
+    if not args.quick and not (args.ckpt or args.anomaly_ckpt or args.sr_ckpt):
+        p.error("--ckpt, --anomaly-ckpt and/or --sr-ckpt are required (or --quick)")
+    if args.sr_sampler:
+        name, _, k = args.sr_sampler.partition(":")
+        args.sr_sampler = {"name": name, **({"num_steps": int(k)} if k else {})}
+    elif args.quick:
+        args.sr_sampler = {"name": "ddim", "num_steps": 6}
     args.n = args.n or (20 if args.quick else 500)
     steps = args.steps or (6 if args.quick else 100)
     if args.quick:
@@ -185,6 +233,8 @@ def main() -> None:
         cache = args.cache_dir or str(Path(tmp) / "real_stats")
         tiny = train_tiny(str(Path(tmp) / "tiny"), ["data.exclude_classes=[7]"]) if args.quick else None
         ckpt, anomaly_ckpt = (tiny, tiny) if args.quick else (args.ckpt, args.anomaly_ckpt)
+        sr_ckpt = (train_tiny(str(Path(tmp) / "tiny_sr"), ["conditioning=low_res", "conditioning.factor=2"])
+                   if args.quick else args.sr_ckpt)
         out = []
         if ckpt:
             model = load_model(ckpt)
@@ -216,11 +266,20 @@ def main() -> None:
                        f"{args.repeats} noise draw(s))\n\n" + table(
                 ["t", "AUROC", "mean score, normal", "mean score, anomalous", "time (s)"], rows))
 
+        if sr_ckpt:
+            model = load_model(sr_ckpt)
+            model.backbone.to(device), model.process.to(device)
+            images, _ = val_digits(model, args.n)
+            note(f"super-resolution of {len(images)} digits ...")
+            rows, setting = sr_table(model, args, images, device, cache)
+            loads.append(loadavg())
+            out.append(f"### Super-resolution (SR3, {setting}; n = {len(images)} val digits; {sr_ckpt}: global step "
+                       f"{model.global_step})\n\n" + table(["method", "NFE", "PSNR (dB)", "SSIM", "FID", "time (s)"], rows))
     print(f"Command: `{cmd}`\n")
     print(f"Machine: {machine()}")
     print(f"Load average (1/5/15 min) at the start and after each table: {' -> '.join(loads)}")
     print("Checkpoint: " + ("tiny UNet trained 4 steps in-process without the digit 7 (--quick)" if args.quick
-                            else ck_line if args.ckpt else str(args.anomaly_ckpt)) + "\n")
+                            else ck_line if args.ckpt else str(args.anomaly_ckpt or args.sr_ckpt)) + "\n")
     print("\n\n".join(out))
 
 

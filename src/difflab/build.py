@@ -31,6 +31,7 @@ log = get_logger(__name__)
 __all__ = [
     "build_callbacks",
     "build_autoencoder_module",
+    "build_backbone",
     "build_conditioning",
     "build_core",
     "build_datamodule",
@@ -107,7 +108,7 @@ def check_backbone(backbone: torch.nn.Module, image_shape: tuple[int, ...], key:
     t = torch.zeros(2, dtype=torch.long)
     try:
         with torch.no_grad():
-            out = backbone(x, t)
+            out = backbone(x, t, torch.zeros_like(x)) if getattr(backbone, "takes_image_condition", False) else backbone(x, t)
     except (ValueError, RuntimeError, IndexError) as e:
         if len(image_shape) == 1:
             fix = "2-D (point) data need backbone=mlp"
@@ -158,8 +159,15 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
             cfg.backbone.num_classes,
         )
     if first_stage is not None:  # the backbone takes latents: channels and size follow them
+        if is_low_res(conditioning):
+            raise ConfigError("conditioning=low_res (super-resolution) runs on pixels; drop the first_stage override")
         image_shape = latent_backbone_kwargs(cfg, first_stage.latent_shape, backbone_kwargs, config_dict)
-    backbone = instantiate(cfg.backbone, "backbone", **backbone_kwargs)
+    if is_low_res(conditioning):
+        try:
+            conditioning.check_shape(image_shape)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    backbone = build_backbone(cfg.backbone, conditioning, **backbone_kwargs)
     check_backbone(backbone, image_shape)
     optimizer = instantiate(cfg.optimizer, "optimizer")
     lr = cfg.optimizer.get("lr")
@@ -191,7 +199,7 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         channels_last=cfg.channels_last,
         image_shape=image_shape,
         config=config_dict,
-        conditioning=conditioning if conditioning.num_classes is not None else None,
+        conditioning=conditioning if conditioning.num_classes is not None or is_low_res(conditioning) else None,
         **latent_kwargs,
     )
     if cfg.get("compile"):
@@ -199,6 +207,31 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         # compiled and plain runs load into each other
         module.backbone.compile()
     return module
+
+
+def is_low_res(conditioning: Any) -> bool:
+    """Whether ``conditioning`` is super-resolution (``conditioning=low_res``, SR3)."""
+    from difflab.conditioning import LowResConditioning
+
+    return isinstance(conditioning, LowResConditioning)
+
+
+def build_backbone(node: Any, conditioning: Any = None, **kwargs: Any) -> torch.nn.Module:
+    """The backbone of ``node`` (``cfg.backbone``); for ``conditioning=low_res`` it is built with
+    twice the data's channels in and the data's channels out, behind
+    :class:`~difflab.backbones.concat.ConcatConditioned` (SR3: the upsampled low-res image is
+    concatenated to x_t). Training and checkpoint loading both build it here."""
+    if not is_low_res(conditioning):
+        return instantiate(node, "backbone", **kwargs)
+    from difflab.backbones.concat import ConcatConditioned
+
+    channels = kwargs.get("in_channels", node.get("in_channels"))
+    if channels is None:
+        raise ConfigError("conditioning=low_res needs an image backbone with in_channels (backbone=unet or diffusers_unet)")
+    if node.get("pretrained"):
+        raise ConfigError("conditioning=low_res takes 2x the data's channels in; backbone.pretrained weights do not fit it")
+    kwargs = {**kwargs, "in_channels": 2 * int(channels), "out_channels": int(channels)}
+    return ConcatConditioned(instantiate(node, "backbone", **kwargs), int(channels))
 
 
 def build_conditioning(cfg: DictConfig) -> Any:

@@ -1,4 +1,4 @@
-"""What a model is conditioned on (``conf/conditioning/``): nothing, or a class label.
+"""What a model is conditioned on (``conf/conditioning/``): nothing, a class label, or a low-resolution image.
 
 ``conditioning=class`` trains a class-conditional model for classifier-free guidance (Ho &
 Salimans 2022, arXiv:2207.12598, Algorithm 1): each training label is replaced by the null
@@ -8,7 +8,13 @@ learned class embedding (``num_classes + 1`` rows, in difflab's UNet and in diff
 ``UNet2DModel`` through ``num_class_embeds``). ``num_classes`` comes from the data set.
 
 The guidance settings here are what the training callbacks sample with (grids, FID);
-sample.py and benchmarks/guidance.py choose their own. Pure torch (no Lightning, no Hydra).
+sample.py and benchmarks/guidance.py choose their own.
+
+``conditioning=low_res`` trains a super-resolution model, SR3 (Saharia et al. 2021,
+arXiv:2104.07636, sec. 2.4): the condition of an image is its low-resolution version (average
+pooling by ``factor``), upsampled back to the full size with bicubic interpolation and
+concatenated to x_t along the channels (:class:`~difflab.backbones.concat.ConcatConditioned`),
+so the network sees 2C channels and predicts C. Pure torch (no Lightning, no Hydra).
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ClassConditioning", "NoConditioning", "balanced_labels", "check_labels"]
+__all__ = ["ClassConditioning", "LowResConditioning", "NoConditioning", "balanced_labels", "check_labels"]
 
 
 class NoConditioning:
@@ -90,6 +97,67 @@ class ClassConditioning:
 
     def __repr__(self) -> str:
         return f"ClassConditioning(num_classes={self.num_classes}, p_uncond={self.p_uncond}, guidance={self.guidance})"
+
+
+class LowResConditioning:
+    """Super-resolution conditioning (SR3, Saharia et al. 2021, arXiv:2104.07636).
+
+    Args:
+        factor: the upsampling factor, 2 or 4 (mnist5k: 14x14 -> 28x28 or 7x7 -> 28x28).
+        upsample: how the low-res image is brought back to the full size before it is
+            concatenated to x_t: ``bicubic`` (SR3, sec. 2.4) or ``nearest``.
+
+    The low-res image of x0 is ``F.avg_pool2d(x0, factor)`` (the box filter of the anti-aliased
+    downsampling SR3 trains on); its upsampled version is the condition y of the network and the
+    bicubic baseline of ``task=super_resolution``. Values stay in the data's [-1, 1].
+    """
+
+    num_classes = None
+    p_uncond = 0.0
+    FACTORS = (2, 4)
+    MODES = ("bicubic", "nearest")
+
+    def __init__(self, factor: int = 4, upsample: str = "bicubic") -> None:
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor not in self.FACTORS:
+            raise ValueError(f"conditioning.factor must be one of {list(self.FACTORS)} (the upsampling factor), got {factor!r}")
+        if upsample not in self.MODES:
+            raise ValueError(f"conditioning.upsample must be one of {list(self.MODES)}, got {upsample!r}")
+        self.factor = int(factor)
+        self.upsample_mode = str(upsample)
+
+    def check_shape(self, image_shape: Sequence[int]) -> tuple[int, int, int]:
+        """The full-size (C, H, W); ValueError when the data are not images divisible by the factor."""
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3:
+            raise ValueError(f"conditioning=low_res needs image data (C, H, W), the data have shape {shape}")
+        c, h, w = shape
+        if h % self.factor or w % self.factor:
+            raise ValueError(f"conditioning=low_res: images of {h}x{w} are not divisible by factor {self.factor}; "
+                             f"use conditioning.factor={[f for f in self.FACTORS if h % f == 0 and w % f == 0] or 'none'}")
+        return shape
+
+    def low_res_shape(self, image_shape: Sequence[int]) -> tuple[int, int, int]:
+        c, h, w = self.check_shape(image_shape)
+        return (c, h // self.factor, w // self.factor)
+
+    def downsample(self, x: Tensor) -> Tensor:
+        """The low-resolution images (B, C, H / factor, W / factor) of x (B, C, H, W)."""
+        if x.ndim != 4 or x.shape[-1] % self.factor or x.shape[-2] % self.factor:
+            raise ValueError(f"downsample takes (B, C, H, W) images with H, W divisible by {self.factor}, got {tuple(x.shape)}")
+        return F.avg_pool2d(x.float(), self.factor)
+
+    def upsample(self, low_res: Tensor, size: Sequence[int] | None = None) -> Tensor:
+        """``low_res`` brought to ``size`` (default: factor times its size), clamped to [-1, 1]."""
+        size = tuple(int(s) for s in size) if size is not None else (low_res.shape[-2] * self.factor, low_res.shape[-1] * self.factor)
+        kwargs = {"align_corners": False} if self.upsample_mode == "bicubic" else {}
+        return F.interpolate(low_res.float(), size=size, mode=self.upsample_mode, **kwargs).clamp(-1.0, 1.0)
+
+    def condition(self, x0: Tensor) -> Tensor:
+        """The network's condition y of full-size images x0: upsample(downsample(x0))."""
+        return self.upsample(self.downsample(x0), x0.shape[-2:]).to(x0.dtype)
+
+    def __repr__(self) -> str:
+        return f"LowResConditioning(factor={self.factor}, upsample={self.upsample_mode!r})"
 
 
 def balanced_labels(n: int, num_classes: int) -> Tensor:

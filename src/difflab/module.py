@@ -56,7 +56,9 @@ class DiffusionModule(L.LightningModule):
         config: the resolved run config as a plain dict, stored as hyperparameters.
         conditioning: a :class:`~difflab.conditioning.ClassConditioning` for class-conditional
             training with label dropout (classifier-free guidance, arXiv:2207.12598); None:
-            unconditional (labels are dropped, unless the backbone itself has ``num_classes``).
+            unconditional (labels are dropped, unless the backbone itself has ``num_classes``);
+            a :class:`~difflab.conditioning.LowResConditioning` for super-resolution (SR3: each
+            batch is conditioned on its own upsampled low-res images, kept in ``low_res``).
     """
 
     def __init__(
@@ -93,7 +95,11 @@ class DiffusionModule(L.LightningModule):
         self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
         self.channels_last = bool(channels_last)
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
-        self.conditioning = conditioning
+        from difflab.conditioning import LowResConditioning
+
+        # class labels (label dropout, guidance) or a low-res image (super-resolution)
+        self.low_res = conditioning if isinstance(conditioning, LowResConditioning) else None
+        self.conditioning = None if self.low_res is not None else conditioning
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         # Plain dicts only: checkpoints then load with torch.load(weights_only=True).
@@ -119,6 +125,8 @@ class DiffusionModule(L.LightningModule):
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         conditional = getattr(self.backbone, "num_classes", None)
+        if self.low_res is not None:  # SR3: the condition is the image's own upsampled low-res version
+            return x0, self.low_res.condition(x0)
         if self.conditioning is not None:
             if y is None or bool((y < 0).any()) or bool((y >= self.conditioning.num_classes).any()):
                 raise DifflabError(
@@ -129,6 +137,37 @@ class DiffusionModule(L.LightningModule):
         if not conditional or y is None or bool((y < 0).any()):
             y = None
         return x0, y
+
+    def eval_condition(self, n: int, datamodule: Any = None) -> tuple[torch.Tensor | None, Any, str | None]:
+        """``(y, guidance, scheme)`` that the sampling callbacks draw n samples with.
+
+        Class-conditional: balanced labels (sample i of class i mod K) under the run's guidance,
+        scheme ``uniform``. Super-resolution: sample i upscales val image i mod N (average-pooled
+        and upsampled as in training), guidance ``sr<factor>x_val`` (a str: it names the key's
+        protocol, scores of SR outputs are not comparable with unconditional ones).
+        Unconditional: (None, None, None).
+        """
+        if self.low_res is not None:
+            from difflab.utils.images import from_uint8
+
+            y = self.low_res.condition(from_uint8(self.low_res_originals(n, datamodule)))
+            return y, f"sr{self.low_res.factor}x_val", "val"
+        if self.conditioning is not None:
+            from difflab.conditioning import balanced_labels
+
+            return balanced_labels(n, self.conditioning.num_classes), self.conditioning.guidance, "uniform"
+        return None, None, None
+
+    def low_res_originals(self, n: int, datamodule: Any = None) -> torch.Tensor:
+        """The full-size val images (uint8 (n, C, H, W)) whose low-res versions the callbacks of a
+        super-resolution model upscale: sample i takes image i mod N of the val split in a fixed
+        random order (splits may be stored by class), so any n works."""
+        dm = datamodule if datamodule is not None else getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if dm is None or not hasattr(dm, "real_images"):
+            raise DifflabError("a super-resolution model samples from low-res val images: it needs an image data module")
+        val = dm.real_images("val")
+        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
+        return val[order[torch.arange(int(n)) % len(val)]]
 
     def set_eval_backbone(self, model: nn.Module | None) -> None:
         """The weights to evaluate and sample with (the EMA callback hands over its copy).

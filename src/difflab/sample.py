@@ -245,6 +245,9 @@ def _labels_and_guidance(cfg: DictConfig, n: int, model: Any) -> tuple[Any, str 
                          ("guidance", "guidance_scale"), ("guidance_weight", "guidance_scale")):
         if wrong in cfg:  # a '+key=' that sample.py would otherwise ignore
             raise ConfigError(f"{wrong} is not an option of sample.py; use {right}= (see conf/sample.yaml)")
+    if getattr(model.backbone, "takes_image_condition", False):
+        raise ConfigError("this checkpoint is a super-resolution model (conditioning=low_res): it upscales images and "
+                          "does not generate from noise alone; use sample.py task=super_resolution")
     num_classes = getattr(model.backbone, "num_classes", None)
     labels = cfg.get("labels")
     labels = OmegaConf.to_container(labels) if OmegaConf.is_config(labels) else labels

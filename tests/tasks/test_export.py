@@ -271,7 +271,15 @@ def test_every_step_of_the_loaded_scheduler_matches_difflab(tmp_path, case, samp
             else:
                 noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t))
                 theirs = scheduler.step(out, t, x_t, eta=eta, variance_noise=noise if eta > 0 else None)
-            msg = f"t={t}, {theirs.prev_sample.dtype} scheduler"
+            where = f"t={t}, {theirs.prev_sample.dtype} scheduler"
+            msg = lambda m, where=where: f"{where}: {m}"  # noqa: E731
+            assert torch.isfinite(ours.prev_sample).all(), f"{where}: difflab's step is not finite"
+            if (scheduler is as_loaded[0] and "ztsnr" in case and eta and t == timesteps[0]
+                    and not torch.isfinite(theirs.prev_sample).all()):
+                # diffusers' float32 DDIM, eta > 0, first step at zero terminal SNR: 1 - alpha-bar_prev
+                # - sigma^2 is exactly 0 and rounds below it on some CPUs (AVX-512 EPYC), so its
+                # sqrt is NaN; difflab computes in float64. The float64 twin below checks the step.
+                continue
             torch.testing.assert_close(theirs.prev_sample, ours.prev_sample, rtol=rtol, atol=atol, msg=msg)
             torch.testing.assert_close(theirs.pred_original_sample, ours.pred_x0, rtol=rtol, atol=atol, msg=msg)
 

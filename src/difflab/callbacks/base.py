@@ -109,3 +109,11 @@ class PeriodicImageCallback(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_end:
             self._run(trainer, pl_module)
+
+
+def eval_condition(pl_module: L.LightningModule, n: int, datamodule=None) -> tuple:
+    """``(y, guidance, scheme)`` of n samples of the module (``DiffusionModule.eval_condition``):
+    balanced labels under the run's guidance, low-res val images for super-resolution, or
+    ``(None, None, None)`` for an unconditional model (or a module without the method)."""
+    fn = getattr(pl_module, "eval_condition", None)
+    return fn(n, datamodule) if callable(fn) else (None, None, None)

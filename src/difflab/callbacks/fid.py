@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from difflab.callbacks.base import evaluation_backbone, image_shape_of
+from difflab.callbacks.base import eval_condition, evaluation_backbone, image_shape_of
 from difflab.evaluation import Evaluator, check_metrics, evaluate
 from difflab.evaluation.points import PointEvaluator
 from difflab.metrics import build_feature_extractor
@@ -148,17 +148,13 @@ class FID(Callback):
             return self.last_result
         self._last_step = step
         sampler = self.sampler or pl_module.sampler
-        conditioning = getattr(pl_module, "conditioning", None)
-        labels = guidance = None
-        if conditioning is not None:  # a balanced label set, with the run's guidance
-            from difflab.conditioning import balanced_labels
-
-            labels, guidance = balanced_labels(self.n, conditioning.num_classes), conditioning.guidance
+        # a balanced label set with the run's guidance; SR: low-res val images
+        labels, guidance, scheme = eval_condition(pl_module, self.n, self.evaluator.data)
         with evaluation_backbone(pl_module) as model:
             result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, self.evaluator,
                               self.seed, self.batch_size, pl_module.device,
                               progress=f"FID n={self.n}" if trainer.is_global_zero else False,
-                              labels=labels, guidance=guidance, label_scheme="uniform",
+                              labels=labels, guidance=guidance, label_scheme=scheme,
                               shape=pl_module.image_shape, decode=getattr(pl_module, "decode", None))
         values = dict(result.scores)
         if not self._floor_logged:

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from difflab.callbacks.base import evaluation_backbone
+from difflab.callbacks.base import eval_condition, evaluation_backbone
 from difflab.errors import ConfigError
 from difflab.evaluation import Evaluator, check_metrics, evaluate
 from difflab.metrics import available_feature_extractors
@@ -147,12 +147,7 @@ class NFETable(Callback):
                               floor=self.floor)
         step = trainer.global_step
         self.rows = []
-        conditioning = getattr(pl_module, "conditioning", None)
-        labels = guidance = None
-        if conditioning is not None:  # balanced labels and the run's guidance, as the FID callback
-            from difflab.conditioning import balanced_labels
-
-            labels, guidance = balanced_labels(self.n, conditioning.num_classes), conditioning.guidance
+        labels, guidance, scheme = eval_condition(pl_module, self.n, datamodule)  # as the FID callback
         decode = getattr(pl_module, "decode", None)  # a latent model: score decoded samples
         for sampler in self.build_samplers(T):
             if decode is not None:  # latents are sampled unclipped
@@ -164,7 +159,7 @@ class NFETable(Callback):
                 result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, evaluator, self.seed,
                                   self.batch_size, pl_module.device,
                                   progress=f"NFE table {sampler.key_part(T)}" if trainer.is_global_zero else False,
-                                  labels=labels, guidance=guidance, label_scheme="uniform",
+                                  labels=labels, guidance=guidance, label_scheme=scheme,
                                   shape=shape, decode=decode)
             self.floor_values = result.floor
             row: dict[str, Any] = {

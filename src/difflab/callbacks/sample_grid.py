@@ -82,10 +82,13 @@ class SampleGrid(PeriodicImageCallback):
     def _draw(self, pl_module: L.LightningModule, n: int, shape: tuple[int, ...],
               labels: torch.Tensor | None = None) -> torch.Tensor:
         """The first n samples of the evaluation protocol at ``seed`` (what sample.py draws at
-        that seed): uint8 images, float points; a bar of denoising steps on rank 0."""
+        that seed): uint8 images, float points; a bar of denoising steps on rank 0.
+        ``labels``: class labels (drawn under the run's guidance) or, for super-resolution,
+        the upsampled low-res conditions."""
         trainer = getattr(pl_module, "_trainer", None)
         show = "sample grid" if trainer is None or trainer.is_global_zero else False
-        guidance = None if labels is None else pl_module.conditioning.guidance
+        conditioning = getattr(pl_module, "conditioning", None)
+        guidance = None if labels is None or conditioning is None else conditioning.guidance
         with evaluation_backbone(pl_module) as model:
             ((_, x),) = draw(model, pl_module.process, self.sampler or pl_module.sampler, pl_module.objective.target,
                              shape, n, self.seed, n, pl_module.device, batches=[0], progress=show,
@@ -96,6 +99,8 @@ class SampleGrid(PeriodicImageCallback):
         shape = getattr(pl_module, "image_shape", None)
         if shape is not None and tuple(shape) == (2,):
             return self.render_points(trainer, pl_module)
+        if getattr(pl_module, "low_res", None) is not None:
+            return self.render_super_resolution(trainer, pl_module)
         rows = self.class_rows(pl_module)
         if rows is not None:
             labels, cols = rows
@@ -105,6 +110,20 @@ class SampleGrid(PeriodicImageCallback):
                        f"guidance w={g.scale:g}")
             return make_grid_uint8(x, nrow=cols), caption
         return make_grid_uint8(self.sample(pl_module)), f"step {trainer.global_step}"
+
+    def render_super_resolution(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:
+        """A super-resolution model's grid: (bicubic input, SR3 result, original) of the first
+        val images, side by side, four triples per row."""
+        from difflab.utils.images import to_uint8
+
+        k = max(1, min(self.num_samples // 3, 16))
+        y, _, _ = pl_module.eval_condition(k, getattr(trainer, "datamodule", None))
+        x = self._draw(pl_module, k, image_shape_of(pl_module, "SampleGrid"), y)
+        originals = pl_module.low_res_originals(k, getattr(trainer, "datamodule", None))
+        tiles = torch.stack([to_uint8(y).cpu(), x.cpu(), originals.cpu()], dim=1).flatten(0, 1)
+        caption = (f"step {trainer.global_step}: super-resolution x{pl_module.low_res.factor}, in threes: "
+                   "low-res input (upsampled), result, original")
+        return make_grid_uint8(tiles, nrow=3 * min(4, k)), caption
 
     def render_points(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, str]:
         """A scatter plot of the samples over validation points of the data module (when it has them)."""

@@ -15,8 +15,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from difflab.callbacks.base import PeriodicImageCallback, evaluation_backbone, image_shape_of
+from difflab.callbacks.base import PeriodicImageCallback, eval_condition, evaluation_backbone, image_shape_of
 from difflab.samplers import Trajectory, generate
+from difflab.samplers.guidance import Guidance
 from difflab.utils.images import make_grid_uint8, to_uint8
 
 
@@ -83,12 +84,13 @@ class DenoisingTrajectory(PeriodicImageCallback):
     def trajectory(self, pl_module: L.LightningModule) -> Trajectory:
         """Sample ``num_seeds`` images from ``seed`` and return their trajectory."""
         shape = image_shape_of(pl_module, "DenoisingTrajectory")
-        conditioning = getattr(pl_module, "conditioning", None)
+        # seed i draws class i mod K under the run's guidance; SR: upscales val image i
+        y, g, _ = eval_condition(pl_module, self.num_seeds)
         guided = {}
-        if conditioning is not None:  # seed i draws class i mod K under the run's guidance
-            g = conditioning.guidance
-            guided = dict(y=torch.arange(self.num_seeds) % conditioning.num_classes, guidance_scale=g.scale,
-                          guidance_rescale=g.rescale, guidance_interval=g.interval)
+        if y is not None:
+            guided = dict(y=y)
+        if isinstance(g, Guidance):
+            guided.update(guidance_scale=g.scale, guidance_rescale=g.rescale, guidance_interval=g.interval)
         with evaluation_backbone(pl_module) as model:
             _, trajectory = generate(
                 model,

@@ -93,7 +93,8 @@ def draw(
 
     ``batches`` picks which batches to draw (default: this rank's share, :func:`rank_batches`).
     ``progress`` shows a bar of denoising steps over all the batches drawn (a str names it).
-    ``labels`` (n,) are the class labels of all n samples, for conditional models;
+    ``labels`` (n,) are the class labels of all n samples, for conditional models (or (n, C, H, W)
+    conditioning images, for super-resolution);
     ``guidance`` the classifier-free guidance they are drawn with (:mod:`difflab.samplers.guidance`).
     ``decode`` maps the sampler's output to images in [-1, 1] before they are quantised: a latent
     model's first stage (``shape`` is then the latent shape, arXiv:2112.10752).
@@ -384,7 +385,8 @@ def evaluate(
     n = evaluator.n
     draw_shape = tuple(shape) if shape is not None else tuple(evaluator.data.image_shape)
     kept: list[torch.Tensor] = []
-    accuracy = labels is not None and getattr(evaluator, "scores_accuracy", lambda: False)()
+    # class accuracy for class labels (not for the image conditions of super-resolution)
+    accuracy = labels is not None and labels.ndim == 1 and getattr(evaluator, "scores_accuracy", lambda: False)()
     correct = torch.zeros((), dtype=torch.float64)
     drawn = torch.zeros((), dtype=torch.float64)
     draw_guidance = guidance if isinstance(guidance, Guidance) else None

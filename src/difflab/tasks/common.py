@@ -43,6 +43,7 @@ TASKS: dict[str, str] = {
     "inpaint": "difflab.tasks.inpaint",
     "img2img": "difflab.tasks.img2img",
     "anomaly": "difflab.tasks.anomaly",
+    "super_resolution": "difflab.tasks.super_resolution",
 }
 NPZ_NAME = "results.npz"
 GRID_NAME = "grid.png"
@@ -104,7 +105,7 @@ def setup_task(cfg: DictConfig, validate: Callable[[DictConfig], None] | None = 
     grid_n = check_int("grid_size", cfg.get("grid_size", 64), 0)
     device = resolve_device(cfg.get("device", "auto"))
     out_dir = output_dir(cfg)
-    if cfg.get("metrics") and str(cfg.task.name) not in ("img2img",):
+    if cfg.get("metrics") and str(cfg.task.name) not in ("img2img", "super_resolution"):
         raise ConfigError(f"metrics={list(cfg.metrics)} score generated or img2img samples; task={cfg.task.name} writes "
                           "its own metrics.json (leave metrics=[])")
     if validate is not None:
@@ -118,6 +119,9 @@ def setup_task(cfg: DictConfig, validate: Callable[[DictConfig], None] | None = 
     if cfg.use_ema and not model.used_ema:
         log.warning("%s has no EMA weights; using the raw weights", cfg.ckpt)
     check_unconditional(model, str(cfg.task.name))
+    if getattr(model.backbone, "takes_image_condition", False) and str(cfg.task.name) != "super_resolution":
+        raise ConfigError(f"task={cfg.task.name}: this checkpoint is a super-resolution model (conditioning=low_res), "
+                          "whose network needs a low-res input; use task=super_resolution")
     sampler_cfg = sampler_node(cfg, model.config["sampler"])
     sampler = build_sampler(sampler_cfg, model.process.num_timesteps)
     if device.type == "cuda":
@@ -205,14 +209,41 @@ def _read_npz(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, to
             arrays)
 
 
-def load_inputs(source: Any, model: Any, n: int, datamodule: Any = None) -> Inputs:
+def _first_shape(path: Path, accepted: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """Of the accepted (C, H, W), the one the first image of a folder or .npz has (the readers
+    then check every image against it); the first accepted one when it matches none."""
+    if len(accepted) == 1:
+        return accepted[0]
+    try:
+        if path.is_dir():
+            from PIL import Image
+
+            first = next((p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), None)
+            if first is None:
+                return accepted[0]
+            with Image.open(first) as im:
+                w, h = im.size
+            return next((a for a in accepted if a[1:] == (h, w)), accepted[0])
+        with np.load(path, allow_pickle=False) as f:
+            shp = f["images"].shape if "images" in f.files else ()
+        return next((a for a in accepted if len(shp) == 4 and (shp[1:] == (a[1], a[2], a[0]) or shp[1:] == a)), accepted[0])
+    except (OSError, ValueError, KeyError):
+        return accepted[0]
+
+
+def load_inputs(source: Any, model: Any, n: int, datamodule: Any = None,
+                shapes: Sequence[tuple[int, int, int]] | None = None) -> Inputs:
     """``n`` input images (all of them when there are fewer).
+
+    ``shapes``: the (C, H, W) an input from a folder or .npz may have (default: the model's
+    image shape only; super-resolution also takes low-res images); all inputs share one.
 
     ``source`` None: the val split of the checkpoint's data set (``real_images("val")``, with
     its labels; n of them: a fixed random subset, the same for every seed); else the first n
     of a folder of images (in sorted path order) or of an ``.npz`` file.
     """
     shape = tuple(int(s) for s in model.image_shape)
+    accepted = [tuple(int(v) for v in sh) for sh in shapes] if shapes else [shape]
     if source is None or str(source) == "":
         dm = datamodule if datamodule is not None else datamodule_of(model)
         images = dm.real_images("val")
@@ -227,14 +258,15 @@ def load_inputs(source: Any, model: Any, n: int, datamodule: Any = None) -> Inpu
     else:
         path = Path(str(source)).expanduser()
         if path.is_dir():
-            images, labels, extra = _read_folder(path, shape), None, {}
+            images, labels, extra = _read_folder(path, _first_shape(path, accepted)), None, {}
         elif path.is_file() and path.suffix == ".npz":
-            images, labels, extra = _read_npz(path, shape)
+            images, labels, extra = _read_npz(path, _first_shape(path, accepted))
         else:
             raise ConfigError(f"task.input={source}: not a folder of images or an .npz file")
         name = str(path)
-    if tuple(images.shape[1:]) != shape:
-        raise ConfigError(f"the inputs have shape {tuple(images.shape[1:])}; the model takes {shape}")
+    if tuple(images.shape[1:]) not in accepted:
+        raise ConfigError(f"the inputs have shape {tuple(images.shape[1:])}; the model takes "
+                          f"{' or '.join(str(a) for a in accepted)}")
     if len(images) > n:
         images = images[:n]
         labels = None if labels is None else labels[:n]

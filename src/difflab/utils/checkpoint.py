@@ -218,12 +218,17 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 def _build_parts(config: dict[str, Any], source: str, betas: torch.Tensor | None = None) -> tuple[GaussianDiffusion, DiffusionObjective, Sampler, nn.Module]:
-    from difflab.build import build_core, instantiate
+    from difflab.build import build_backbone, build_conditioning, build_core
 
     cfg = OmegaConf.create({k: config[k] for k in ("schedule", "objective", "sampler", "backbone")})
     try:
         process, objective, sampler = build_core(cfg, betas=betas, strict=False)
-        backbone = instantiate(cfg.backbone, "backbone")
+        # only super-resolution changes how the backbone is built (2C channels in, behind
+        # ConcatConditioned); class labels live in the backbone config already
+        node = config.get("conditioning")
+        low_res = isinstance(node, dict) and str(node.get("_target_", "")).endswith(".LowResConditioning")
+        conditioning = build_conditioning(OmegaConf.create({"conditioning": node})) if low_res else None
+        backbone = build_backbone(cfg.backbone, conditioning)
     except DifflabError as e:
         raise CheckpointError(f"{source}: its stored config no longer builds: {e}") from None
     return process, objective, sampler, backbone
