@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from difflab.callbacks.nfe_table import NFETable
+from difflab.callbacks.nfe_table import NFETable, curve_label
 from difflab.errors import ConfigError
 from tests.conftest import compose_train
 from tests.utils.test_checkpoint import TINY_RUN
@@ -16,7 +16,17 @@ from tests.utils.test_checkpoint import TINY_RUN
 def test_added_to_the_default_callbacks_by_a_list():
     cfg = compose_train(["callbacks=[default,nfe_table,trajectory]"])
     assert {"model_checkpoint", "ema", "sample_grid", "nfe_table", "trajectory"} <= set(cfg.callbacks)
-    assert [dict(s) for s in cfg.callbacks.nfe_table.samplers][1] == {"name": "ddim", "num_steps": 10}
+    entries = [dict(s) for s in cfg.callbacks.nfe_table.samplers]
+    assert {"name": "ddim", "num_steps": 10} in entries
+    # every sampler of the group is in the default table, at 5, 10, 20 and 50 NFE where its order allows
+    from difflab.samplers import SAMPLERS
+
+    assert {e["name"] for e in entries} == set(SAMPLERS)
+    table = NFETable(samplers=entries, n=2)
+    nfes: dict[str, set] = {}
+    for sampler in table.build_samplers(1000):
+        nfes.setdefault(curve_label({"key_part": sampler.key_part(1000)}), set()).add(sampler.nfe(1000))
+    assert all(v == {5, 10, 20, 50} or v == {5, 9, 19, 49} for v in nfes.values()), nfes
     cfg = compose_train(["callbacks=[default,nfe_table]", "callbacks.nfe_table.samplers=[{name:ddim,num_steps:10}]"])
     assert len(cfg.callbacks.nfe_table.samplers) == 1
     assert "nfe_table" not in compose_train([]).callbacks  # off by default
