@@ -184,3 +184,26 @@ def test_sr_errors_in_one_line(sr_ckpt, tiny_ckpt, tmp_path, capsys):
 def test_sample_py_refuses_to_generate_from_an_sr_checkpoint(sr_ckpt, tmp_path, capsys):
     err = task_fails(sr_ckpt, tmp_path / "g", capsys, "generate", "n=2")
     assert "use sample.py task=super_resolution" in err
+
+
+def test_callbacks_upscale_val_digits_in_a_fixed_order(tmp_path):
+    """eval_condition of an SR module: sample i upscales val digit order[i mod N]; the FID key
+    names the protocol (sr2x_val), so SR scores are never compared with unconditional ones."""
+    from difflab.build import build_datamodule, build_module
+    from difflab.utils.images import from_uint8
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["conditioning=low_res", "conditioning.factor=2", "backbone.base_channels=8",
+                         "backbone.channel_mult=[1,2]"], output_dir=str(tmp_path))
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, (1, 28, 28))
+    y, guidance, scheme = module.eval_condition(7, dm)
+    originals = module.low_res_originals(7, dm)
+    assert y.shape == (7, 1, 28, 28) and guidance == "sr2x_val" and scheme == "val"
+    torch.testing.assert_close(y, LowResConditioning(factor=2).condition(from_uint8(originals)))
+    assert torch.equal(module.low_res_originals(3, dm), originals[:3])
+    # the grid's first digits are not all of one class (mnist5k's val split is stored by class)
+    first = module.low_res_originals(16, dm)
+    val = dm.real_images("val")
+    matches = [int((val == img).flatten(1).all(1).nonzero()[0]) for img in first]
+    assert len({int(dm.val_set.labels[i]) for i in matches}) > 1
