@@ -201,10 +201,10 @@ def test_conditioning_class_on_unlabelled_data_fails_in_one_line(tmp_path):
 
 def test_metric_key_of_a_conditional_run_carries_the_guidance(tmp_path):
     cfg = compose_train(["experiment=mnist5k_cfg", "optimized_metric=${dl.metric_key:fid}"], output_dir=str(tmp_path))
-    assert cfg.optimized_metric == "fid/digits/ddim50_eta1_cfg2_nfe100_uniform/n1000"  # 50 guided steps: 100 NFE
+    assert cfg.optimized_metric == "fid/digits/ddim50_eta1_cfg1.5_nfe100_uniform/n1000"  # 50 guided steps: 100 NFE
 
 
-@pytest.mark.parametrize("conditioning", ["none", "class"])
+@pytest.mark.parametrize("conditioning", ["none", "class", "low_res"])
 @pytest.mark.parametrize("backbone", ["unet", "diffusers_unet"])
 def test_every_conditioning_option_builds_with_every_image_backbone(conditioning, backbone, tmp_path):
     from difflab.build import build_module
