@@ -17,7 +17,7 @@ GROUPS = {
     "objective": ["eps", "x0", "v"],
     "sampler": ["ddpm", "ddim", "ddim_eta1", "dpm_solver", "euler", "euler_ancestral", "heun", "unipc"],
     "backbone": ["unet", "diffusers_unet"],
-    "conditioning": ["none", "class"],  # built with each backbone in tests/test_conditioning.py
+    "conditioning": ["none", "class", "low_res"],  # built with each backbone in tests/test_conditioning.py
     "optimizer": ["adamw", "adam", "adamw_edm2"],
     "lr_scheduler": ["constant", "cosine", "linear"],
     "trainer": ["default", "cpu", "gpu", "ddp", "ddp_sim"],
