@@ -177,6 +177,7 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as e:
         raise ConfigError(key_message("optimizer", e, cfg.optimizer)) from None
+    check_schedule_length(cfg)
     latent_kwargs: dict[str, Any] = {}
     module_cls: type[DiffusionModule] = DiffusionModule
     if first_stage is not None:
@@ -207,6 +208,23 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         # compiled and plain runs load into each other
         module.backbone.compile()
     return module
+
+
+def check_schedule_length(cfg: DictConfig) -> None:
+    """A decaying LR schedule needs the run's length: ``trainer.max_steps`` (or epochs), or its own
+    ``lr_scheduler.total_steps``. A time budget alone (``trainer.max_steps=-1
+    +trainer.max_time=...``) gives none, so it stops here in one line, before any logger starts."""
+    node = cfg.get("lr_scheduler")
+    if node is None or str(node.get("name", "constant")) == "constant" or node.get("total_steps") is not None:
+        return
+    trainer = cfg.get("trainer") or {}
+    steps, epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    if (steps is None or int(steps) < 0) and (epochs is None or int(epochs) < 0):
+        raise ConfigError(
+            f"lr_scheduler={node.get('name')} decays over the run's length, but trainer.max_steps={steps} and "
+            f"trainer.max_epochs={epochs} give none (a time budget?); set lr_scheduler.total_steps=N (the steps you "
+            "expect), trainer.max_steps=N, or lr_scheduler=constant"
+        )
 
 
 def is_low_res(conditioning: Any) -> bool:

@@ -223,7 +223,12 @@ class DiffusionModule(L.LightningModule):
         schedule = self.lr_scheduler or LRSchedule("constant", warmup_steps=self.lr_warmup_steps)
         total = None
         if schedule.total_steps is None and schedule.name != "constant":
-            total = int(self.trainer.estimated_stepping_batches)  # trainer.max_steps, or from the epochs
+            estimated = self.trainer.estimated_stepping_batches  # trainer.max_steps, or from the epochs
+            if not math.isfinite(estimated):
+                raise DifflabError(
+                    f"lr_scheduler={schedule.name} decays over the run's length, which this trainer does not fix "
+                    "(trainer.max_steps=-1 with a time budget?); set lr_scheduler.total_steps=N or lr_scheduler=constant")
+            total = int(estimated)
         scheduler = schedule.build(optimizer, total_steps=total)
         # "name" is the key LearningRateMonitor logs the lr under (its default would be lr-AdamW)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": LR_LOG_KEY}}

@@ -38,6 +38,26 @@ def test_bad_value_is_one_line_naming_key_value_and_choices(override, words, tmp
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_time_budget_with_a_decaying_lr_is_one_line_before_training(tmp_path, capsys):
+    """trainer.max_steps=-1 +trainer.max_time=...: cosine decay has no length to decay over.
+    It stops in one line before any step (it used to be OverflowError in configure_optimizers)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(tmp_path, ["trainer.max_steps=-1", "+trainer.max_time=00:00:01:00"])
+    assert exit_info.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "lr_scheduler.total_steps" in line and "lr_scheduler=constant" in line, line
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_time_budget_with_a_planned_decay_builds(tmp_path):
+    from difflab.build import build_module
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["trainer.max_steps=-1", "+trainer.max_time=00:00:01:00", "lr_scheduler.total_steps=100",
+                         "backbone.base_channels=8", "backbone.channel_mult=[1,2]"], output_dir=str(tmp_path))
+    assert build_module(cfg, (1, 28, 28)).lr_scheduler.total_steps == 100
+
+
 def test_image_channels_differ_from_the_backbone(tmp_path, capsys):
     """An RGB image folder with a greyscale UNet: the channel counts are named."""
     from PIL import Image
