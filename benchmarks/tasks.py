@@ -161,13 +161,14 @@ def sr_table(model, args, images, device, cache_dir):
     low_res = low_res_of(model)
     size = tuple(model.image_shape[1:])
     small = low_res.downsample(from_uint8(images))
-    bicubic = to_uint8(low_res.upsample(small, size))
+    conditions = low_res.upsample(small, size)  # the network's y, and the bicubic baseline
+    bicubic = to_uint8(conditions)
     t0, out = time.perf_counter(), []
     with eval_mode(model.backbone):
         for idx in batches(len(images), args.batch_size):
-            y = low_res.upsample(small[idx.start : idx.stop], size)
-            out.append(to_uint8(upscale(model.backbone, model.process, sampler, model.objective.target, y,
-                                        sample_generators(args.seed, idx), device)).cpu())
+            out.append(to_uint8(upscale(model.backbone, model.process, sampler, model.objective.target,
+                                        conditions[idx.start : idx.stop], sample_generators(args.seed, idx),
+                                        device)).cpu())
     secs = time.perf_counter() - t0
     result = torch.cat(out)
     evaluator = Evaluator(datamodule_of(model), "digits", ("fid",), len(images), cache_dir, device=device)

@@ -35,7 +35,7 @@ log = get_logger(__name__)
 
 __all__ = [
     "NPZ_NAME", "TASKS", "Inputs", "TaskSetup", "batches", "load_inputs", "run_task", "save_rows_grid",
-    "setup_task", "write_metrics",
+    "setup_task", "task_evaluator", "text_table", "write_metrics",
 ]
 
 #: ``task.name`` -> the module whose ``run(cfg)`` does it (``generate`` stays in sample.py).
@@ -314,3 +314,25 @@ def write_results(out_dir: Path, arrays: dict[str, Any], protocol: dict[str, Any
         out[k] = v
     out["protocol"] = np.array(json.dumps(protocol, sort_keys=True, default=str))
     return write_npz(out_dir / NPZ_NAME, out)
+
+
+def task_evaluator(cfg: Any, s: TaskSetup, metrics: Sequence[str], n: int) -> Any:
+    """The Evaluator of a task's ``metrics`` over n results (FID/KID against the training split)."""
+    from difflab.evaluation import Evaluator
+    from difflab.metrics import FeatureWeightsNotFoundError
+
+    if n < 2:
+        raise ConfigError(f"metrics={list(metrics)} need at least 2 inputs (a covariance), got {n}")
+    try:
+        return Evaluator(datamodule_of(s.model), str(cfg.feature), metrics, n, cfg.get("cache_dir"),
+                         weights_path=cfg.get("weights_path"), device=s.device)
+    except (ValueError, FeatureWeightsNotFoundError) as e:
+        raise ConfigError(f"metrics: {e}") from None
+
+
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, a dashed rule under the header (the tasks' printouts)."""
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -30,7 +30,9 @@ from torch import Tensor
 from difflab.errors import ConfigError
 from difflab.evaluation import eval_mode, protocol_key, sample_generators, sampler_key
 from difflab.samplers.base import Generators, ModelFn, Sampler, SamplerState, randn, vp_coefficients
-from difflab.tasks.common import TaskSetup, batches, load_inputs, save_rows_grid, setup_task, write_metrics, write_results
+from difflab.tasks.common import (
+    TaskSetup, batches, load_inputs, save_rows_grid, setup_task, task_evaluator, text_table, write_metrics, write_results,
+)
 from difflab.utils.images import from_uint8, to_uint8
 from difflab.utils.logging import get_logger
 
@@ -135,7 +137,7 @@ def run(cfg: Any) -> dict[str, Any]:
                 f"or sampler.num_steps")
     inputs = load_inputs(cfg.task.get("input"), model, s.n, None)
     N = len(inputs.images)
-    evaluator = _evaluator(cfg, s, metrics, N) if metrics else None
+    evaluator = task_evaluator(cfg, s, metrics, N) if metrics else None
 
     results, rows = [], []
     start = time.perf_counter()
@@ -184,27 +186,10 @@ def _first_t(sampler: Sampler, process: Any, keep: int) -> float:
     return float(timesteps[len(timesteps) - keep])
 
 
-def _evaluator(cfg: Any, s: TaskSetup, metrics: Sequence[str], n: int) -> Any:
-    from difflab.evaluation import Evaluator
-    from difflab.metrics import FeatureWeightsNotFoundError
-    from difflab.tasks.common import datamodule_of
-
-    if n < 2:
-        raise ConfigError(f"metrics={list(metrics)} need at least 2 inputs (a covariance), got {n}")
-    try:
-        return Evaluator(datamodule_of(s.model), str(cfg.feature), metrics, n, cfg.get("cache_dir"),
-                         weights_path=cfg.get("weights_path"), device=s.device)
-    except (ValueError, FeatureWeightsNotFoundError) as e:
-        raise ConfigError(f"metrics: {e}") from None
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
     scored = [m for m in ("fid", "kid") if rows and m in rows[0]]
     header = ["strength", "steps", "NFE", "L2 to input", *scored]
     body = [[f"{r['strength']:g}", str(r["steps"]), str(r["nfe"]), f"{r['l2_to_input']:.4f}",
              *(f"{r[m]:.4g}" for m in scored)] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, body)
 

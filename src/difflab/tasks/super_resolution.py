@@ -33,7 +33,9 @@ from torch import Tensor
 from difflab.errors import ConfigError
 from difflab.evaluation import eval_mode, protocol_key, sample_generators, sampler_key
 from difflab.samplers import generate
-from difflab.tasks.common import batches, load_inputs, save_rows_grid, setup_task, write_metrics, write_results
+from difflab.tasks.common import (
+    batches, load_inputs, save_rows_grid, setup_task, task_evaluator, text_table, write_metrics, write_results,
+)
 from difflab.utils.images import from_uint8, to_uint8
 from difflab.utils.logging import get_logger
 
@@ -103,15 +105,16 @@ def run(cfg: Any) -> dict[str, Any]:
     small, originals, inputs = _inputs(cfg, model, low_res, s.n)
     N = len(small)
     full_hw = tuple(int(v) for v in model.image_shape[1:])
-    bicubic = to_uint8(low_res.upsample(small, full_hw))
+    conditions = low_res.upsample(small, full_hw)  # the network's y, and the bicubic baseline
+    bicubic = to_uint8(conditions)
 
     out = []
     start = time.perf_counter()
     nfe = s.sampler.nfe(T)
     with eval_mode(model.backbone):
         for idx in batches(N, s.batch_size):
-            y = low_res.upsample(small[idx.start : idx.stop], full_hw)
-            x = upscale(model.backbone, model.process, s.sampler, s.prediction_type, y, sample_generators(s.seed, idx),
+            x = upscale(model.backbone, model.process, s.sampler, s.prediction_type, conditions[idx.start : idx.stop],
+                        sample_generators(s.seed, idx),
                         s.device)
             out.append(to_uint8(x).cpu())
             log.info("super-resolution: %d / %d inputs", idx.stop, N)
@@ -126,7 +129,7 @@ def run(cfg: Any) -> dict[str, Any]:
             rows[name].update(psnr=psnr, ssim=ssim)
     floor = None
     if metrics:
-        evaluator = _evaluator(cfg, s, metrics, N)
+        evaluator = task_evaluator(cfg, s, metrics, N)
         for name, images in (("sr3", results), ("bicubic", bicubic)):
             values = evaluator.score(iter([images]), N, s.seed)
             part = key_part if name == "sr3" else f"sr{low_res.factor}x_bicubic"
@@ -155,17 +158,8 @@ def run(cfg: Any) -> dict[str, Any]:
             "bicubic": bicubic, "originals": originals}
 
 
-def _evaluator(cfg: Any, s: Any, metrics: Any, n: int) -> Any:
-    from difflab.tasks.img2img import _evaluator as evaluator
-
-    return evaluator(cfg, s, metrics, n)
-
-
 def _table(rows: dict[str, dict[str, Any]]) -> str:
     cols = [c for c in ("psnr", "ssim", "fid", "kid") if any(c in r for r in rows.values())]
     header = ["method", "NFE", *cols]
     body = [[name, str(r.get("nfe", "")), *(f"{r[c]:.4g}" if c in r else "-" for c in cols)] for name, r in rows.items()]
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, body)
