@@ -50,6 +50,11 @@ def _table() -> dict[str, dict]:
         out[f"euler_a{nfe}"] = {"name": "euler_ancestral", "num_steps": nfe}
         if nfe > 5:  # Heun: 2 NFE a step but the last, so 2s - 1 NFE for s steps
             out[f"heun_karras{nfe - (nfe + 1) % 2}"] = {"name": "heun", "num_steps": (nfe + 1) // 2, "use_karras_sigmas": True}
+            # EDM's stochastic sampler (Algorithm 2, arXiv:2206.00364) with its CIFAR-10 VP setting
+            # (Table 5): churn 30 for sigma in [0.01, 1], s_noise 1.007
+            out[f"heun_karras_churn{nfe - (nfe + 1) % 2}"] = {
+                "name": "heun", "num_steps": (nfe + 1) // 2, "use_karras_sigmas": True,
+                "s_churn": 30.0, "s_tmin": 0.01, "s_tmax": 1.0, "s_noise": 1.007}
     out["ddim100"] = {"name": "ddim", "num_steps": 100, "eta": 0.0}
     out["ddim100_eta1"] = {"name": "ddim", "num_steps": 100, "eta": 1.0}
     return out

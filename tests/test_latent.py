@@ -113,3 +113,48 @@ def test_every_sampler_draws_latents_that_decode_to_images(name):
     sampler = unclip_for_latents(SAMPLERS[name](num_steps=2))
     ((_, x),) = draw(m.backbone.eval(), m.process, sampler, "eps", m.image_shape, 2, batches=[0], decode=m.decode)
     assert x.dtype == torch.uint8 and x.shape == (2, 1, 28, 28)
+
+
+class IdealDenoiser(torch.nn.Module):
+    """The eps of the exact posterior mean E[z_0 | z_t] under the empirical distribution of
+    ``points`` (the optimal denoiser of a finite training set): a deterministic sampler driven by
+    it ends on one of the points, so the latent sample path can be checked without training."""
+
+    def __init__(self, points, alphas_cumprod):
+        super().__init__()
+        self.points = points.double().flatten(1)
+        self.ab = alphas_cumprod.double()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device for the loop
+
+    def forward(self, x, t, y=None):
+        t = t.double()
+        lo = t.floor().long().clamp(0, len(self.ab) - 1)
+        hi = (lo + 1).clamp(max=len(self.ab) - 1)
+        frac = (t - lo).unsqueeze(1)
+        ab = self.ab[lo].unsqueeze(1) * (1 - frac) + self.ab[hi].unsqueeze(1) * frac
+        xf = x.double().flatten(1)
+        logits = -ab * torch.cdist(xf / ab.sqrt(), self.points) ** 2 / (2 * (1 - ab))  # -|x - sqrt(ab) z|^2 / 2(1-ab)
+        x0 = torch.softmax(logits, dim=1) @ self.points
+        return ((xf - ab.sqrt() * x0) / (1 - ab).sqrt()).view_as(x).to(x.dtype)
+
+
+def test_the_latent_sample_path_decodes_what_the_ideal_denoiser_of_the_training_latents_draws():
+    """Scale, shift, the unclipped sampler and the decode fit together: samples of the optimal
+    denoiser of the scaled training latents decode to the decoded training images themselves."""
+    from difflab.evaluation import draw
+
+    fs = _first_stage()
+    torch.manual_seed(1)
+    images = torch.rand(6, 1, 28, 28) * 2 - 1
+    mean, logvar = fs.encode(images)
+    m = _module(fs, sample_posterior=False)
+    m.latent_scale.fill_(1.0 / float(mean.std()) * 3.0)  # scaled latents well beyond [-1, 1]
+    m.latent_shift.fill_(0.2)
+    points = m.to_latents(torch.cat([mean, logvar], 1), None)
+    assert float(points.abs().max()) > 2.0
+    model = IdealDenoiser(points, m.process.alphas_cumprod)
+    sampler = unclip_for_latents(DDIMSampler(num_steps=20))
+    ((_, x),) = draw(model, m.process, sampler, "eps", m.image_shape, 8, batches=[0], decode=m.decode)
+    decoded = ((fs.decode(mean) + 1) * 127.5).round()
+    distance = (x.double()[:, None] - decoded.double()[None]).abs().amax(dim=(2, 3, 4))  # (samples, points)
+    assert float(distance.min(1).values.max()) <= 1.0  # every sample is a training image, to one level
