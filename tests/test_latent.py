@@ -12,7 +12,7 @@ from difflab.diffusion.process import GaussianDiffusion
 from difflab.diffusion.schedules import linear_beta_schedule
 from difflab.errors import CheckpointError
 from difflab.first_stage import FirstStage, build_autoencoder_kl
-from difflab.latent import LatentDiffusionModule, unclip_for_latents
+from difflab.latent import LatentDiffusionModule, clip_for_latents, latent_bound_of
 from difflab.samplers import DDIMSampler
 
 
@@ -74,16 +74,20 @@ def test_the_scale_is_set_once_from_the_data_and_resume_keeps_it():
         def latent_std(self, sample_posterior):
             return 4.0
 
+        def posterior(self, split):
+            return torch.full((2, 2, 8, 8), 8.0), torch.full((2, 2, 8, 8), -60.0)
+
     class Trainer:
         datamodule, callbacks = DM(), []
 
     m = _module(_first_stage())
     m._trainer = Trainer()
     m.on_fit_start()
-    assert float(m.latent_scale) == pytest.approx(0.25)
+    assert float(m.latent_scale) == pytest.approx(0.25) and float(m.latent_bound) == pytest.approx(2.0, rel=1e-5)
     m.latent_scale.fill_(0.5)  # as loaded from a checkpoint
+    m.latent_bound.fill_(3.0)
     m.on_fit_start()
-    assert float(m.latent_scale) == 0.5
+    assert float(m.latent_scale) == 0.5 and float(m.latent_bound) == 3.0 and m.sampler.clip_range == 3.0
 
 
 def test_a_checkpoint_of_another_autoencoder_does_not_resume():
@@ -97,10 +101,66 @@ def test_a_checkpoint_of_another_autoencoder_does_not_resume():
         _module(_first_stage(1)).on_load_checkpoint(ckpt)
 
 
-def test_latent_samplers_do_not_clip_x0():
+def test_latent_samplers_clip_x0_to_the_latents_range_or_not_at_all():
     s = DDIMSampler(num_steps=2)
-    assert s.clip_sample
-    assert unclip_for_latents(s).clip_sample is False
+    assert s.clip_sample and s.clip_range == 1.0
+    assert clip_for_latents(s, None).clip_sample is False
+    s = clip_for_latents(s, 4.5)
+    assert s.clip_sample and s.clip_range == 4.5
+    assert clip_for_latents(s, math.nan).clip_sample is False
+    assert _module(_first_stage()).sampler.clip_sample is False  # until the bound is known
+
+
+def test_the_bound_is_the_largest_scaled_latent_with_three_posterior_stds():
+    mean = torch.tensor([[0.5, -2.0], [1.0, 0.0]]).view(2, 1, 1, 2)
+    logvar = torch.full_like(mean, math.log(0.01))  # std 0.1
+    assert latent_bound_of(mean, logvar, scale=2.0, shift=0.5, sample_posterior=False) == pytest.approx(5.0)
+    assert latent_bound_of(mean, logvar, scale=2.0, shift=0.5) == pytest.approx((2.5 + 0.3) * 2.0)
+
+
+def test_fit_start_sets_scale_and_bound_from_the_data_and_clips_every_sampler():
+    from difflab.samplers import EulerSampler
+
+    fs = _first_stage()
+    mean, logvar = torch.randn(5, 2, 8, 8) * 3 + 1, torch.full((5, 2, 8, 8), -4.0)
+
+    class DM:
+        def latent_std(self, sample_posterior):
+            return 2.0
+
+        def posterior(self, split):
+            return mean, logvar
+
+    class FIDLike:
+        sampler = EulerSampler(num_steps=3)
+
+    class Trainer:
+        datamodule, callbacks = DM(), [FIDLike()]
+
+    m = _module(fs, sample_posterior=True)
+    m._trainer = Trainer()
+    m.on_fit_start()
+    expected = float(((mean.abs() + 3 * math.exp(-2.0)) * 0.5).max())
+    assert float(m.latent_bound) == pytest.approx(expected) and m.clip_bound == pytest.approx(expected)
+    for s in (m.sampler, FIDLike.sampler):
+        assert s.clip_sample and s.clip_range == pytest.approx(expected)
+    ckpt = {"difflab": {}}
+    m.on_save_checkpoint(ckpt)
+    assert ckpt["difflab"]["first_stage"]["latent_bound"] == pytest.approx(expected)
+    off = _module(fs)
+    off.clip_latents = False
+    off._trainer = Trainer()
+    off.on_fit_start()
+    assert off.clip_bound is None and not off.sampler.clip_sample and math.isfinite(float(off.latent_bound))
+
+
+def test_a_checkpoint_without_the_bound_resumes_and_gets_it_from_the_data():
+    m = _module(_first_stage())
+    state = {k: v for k, v in m.state_dict().items() if k != "latent_bound"}
+    ckpt = {"state_dict": state, "difflab": {}}
+    m.on_load_checkpoint(ckpt)
+    assert math.isnan(float(ckpt["state_dict"]["latent_bound"]))
+    m.load_state_dict(ckpt["state_dict"])
 
 
 @pytest.mark.parametrize("name", sorted(__import__("difflab.samplers", fromlist=["SAMPLERS"]).SAMPLERS))
@@ -110,7 +170,7 @@ def test_every_sampler_draws_latents_that_decode_to_images(name):
 
     m = _module(_first_stage())
     m.latent_scale.fill_(1.0)
-    sampler = unclip_for_latents(SAMPLERS[name](num_steps=2))
+    sampler = clip_for_latents(SAMPLERS[name](num_steps=2), 3.0)
     ((_, x),) = draw(m.backbone.eval(), m.process, sampler, "eps", m.image_shape, 2, batches=[0], decode=m.decode)
     assert x.dtype == torch.uint8 and x.shape == (2, 1, 28, 28)
 
@@ -153,7 +213,7 @@ def test_the_latent_sample_path_decodes_what_the_ideal_denoiser_of_the_training_
     points = m.to_latents(torch.cat([mean, logvar], 1), None)
     assert float(points.abs().max()) > 2.0
     model = IdealDenoiser(points, m.process.alphas_cumprod)
-    sampler = unclip_for_latents(DDIMSampler(num_steps=20))
+    sampler = clip_for_latents(DDIMSampler(num_steps=20), float(points.abs().max()))
     ((_, x),) = draw(model, m.process, sampler, "eps", m.image_shape, 8, batches=[0], decode=m.decode)
     decoded = ((fs.decode(mean) + 1) * 127.5).round()
     distance = (x.double()[:, None] - decoded.double()[None]).abs().amax(dim=(2, 3, 4))  # (samples, points)

@@ -181,11 +181,11 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
     latent_kwargs: dict[str, Any] = {}
     module_cls: type[DiffusionModule] = DiffusionModule
     if first_stage is not None:
-        from difflab.latent import LatentDiffusionModule, unclip_for_latents
+        from difflab.latent import LatentDiffusionModule
 
-        module_cls = LatentDiffusionModule
-        unclip_for_latents(sampler)
-        latent_kwargs = {"first_stage": first_stage, "sample_posterior": bool(cfg.first_stage.get("sample_posterior", True))}
+        module_cls = LatentDiffusionModule  # its sampler clips x_0 to the latents' range once it is known
+        latent_kwargs = {"first_stage": first_stage, "sample_posterior": bool(cfg.first_stage.get("sample_posterior", True)),
+                         "clip_latents": bool(cfg.first_stage.get("clip_latents", True))}
     module = module_cls(
         backbone=backbone,
         process=process,
@@ -281,7 +281,7 @@ def build_first_stage(cfg: Any, image_shape: tuple[int, ...]) -> Any:
         raise ConfigError("model=autoencoder trains a first stage on pixels; drop the first_stage override")
     if len(tuple(image_shape)) != 3:
         raise ConfigError(f"first_stage={node.get('name')} needs image data (C, H, W), the data have shape {tuple(image_shape)}")
-    args = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("name", "sample_posterior")}
+    args = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("name", "sample_posterior", "clip_latents")}
     return instantiate(OmegaConf.create(args), "first_stage", image_shape=list(image_shape))
 
 

@@ -10,7 +10,14 @@ path decode through :meth:`decode` before images are quantised.
 The scale is LDM's ``scale_by_std``: 1 / std of the training latents (computed once, from the
 whole cache rather than LDM's first batch), unless the first stage brings its own (a pretrained
 VAE's ``scaling_factor``). It is a buffer (``latent_scale``), so it is in every checkpoint and
-a resumed or sampled model uses the scale it was trained with. The autoencoder's weights are
+a resumed or sampled model uses the scale it was trained with. So is ``latent_bound``, the largest
+|z'| of the training latents (their posterior means plus 3 posterior standard deviations): the
+samplers clip their x_0 estimates to [-bound, bound], the latent counterpart of clipping pixels to
+[-1, 1]. Without it, an eps-prediction model's x_0 = (z_t - sqrt(1 - abar) eps) / sqrt(abar) is
+amplified 2e4 times at t = T of the cosine schedule (abar_T = 2.4e-9), and unclipped latent samples
+diverge to |z| in the hundreds (decoded: noise-like blobs); LDM's scaled-linear schedule
+(sqrt(abar_T) = 0.068) hides this, ours does not. ``first_stage.clip_latents=false`` samples
+unclipped, as LDM does. The autoencoder's weights are
 not copied into the diffusion checkpoint (``first_stage.ckpt`` / ``first_stage.path`` in the
 stored config name them); its fingerprint is stored and checked on resume.
 """
@@ -28,18 +35,39 @@ from difflab.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["LatentDiffusionModule", "unclip_for_latents"]
+__all__ = ["LatentDiffusionModule", "clip_for_latents", "latent_bound_of"]
 
 #: a seed part that keeps the posterior noise apart from the diffusion noise of the same step
 _POSTERIOR_STREAM = 0x1A7E
 
 
-def unclip_for_latents(sampler: Any) -> Any:
-    """Turn off the sampler's clipping of x_0 to [-1, 1]: latents scaled to unit variance reach
-    beyond it (LDM samples its latents unclipped). Dynamic thresholding stays as configured."""
-    if getattr(sampler, "clip_sample", False):
-        sampler.clip_sample = False
+#: posterior standard deviations added to |mean| in the clip bound of the latents
+BOUND_POSTERIOR_STDS = 3.0
+
+
+def clip_for_latents(sampler: Any, bound: float | None) -> Any:
+    """Clip the sampler's x_0 estimates to the range of the training latents, [-bound, bound],
+    instead of the pixel range [-1, 1] (latents scaled to unit variance reach beyond it). ``bound``
+    None or NaN (not known yet, ``first_stage.clip_latents=false``, or a checkpoint from before the
+    bound was stored): no clipping, as LDM samples. Dynamic thresholding stays as configured."""
+    if bound is None or not math.isfinite(float(bound)) or float(bound) <= 0:
+        if getattr(sampler, "clip_sample", False):
+            sampler.clip_sample = False
+        return sampler
+    if hasattr(sampler, "clip_sample"):
+        sampler.clip_sample = True
+        sampler.clip_range = float(bound)
     return sampler
+
+
+def latent_bound_of(mean: torch.Tensor, logvar: torch.Tensor, scale: float, shift: float = 0.0,
+                    sample_posterior: bool = True) -> float:
+    """max |z'| of scaled training latents z' = (z - shift) * scale: over the posterior means, plus
+    :data:`BOUND_POSTERIOR_STDS` posterior standard deviations when z is drawn from the posterior."""
+    z = (mean.double() - shift).abs()
+    if sample_posterior:
+        z = z + BOUND_POSTERIOR_STDS * torch.exp(0.5 * logvar.double().clamp(-30.0, 20.0))
+    return float(z.max()) * abs(float(scale))
 
 
 class LatentDiffusionModule(DiffusionModule):
@@ -52,15 +80,18 @@ class LatentDiffusionModule(DiffusionModule):
         **kwargs: :class:`DiffusionModule`'s; ``image_shape`` is the latent shape.
     """
 
-    def __init__(self, first_stage: Any, sample_posterior: bool = True, **kwargs: Any) -> None:
+    def __init__(self, first_stage: Any, sample_posterior: bool = True, clip_latents: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("image_shape", first_stage.latent_shape)
         super().__init__(**kwargs)
         self.__dict__["first_stage"] = first_stage
         self.sample_posterior = bool(sample_posterior)
+        self.clip_latents = bool(clip_latents)
         self.data_shape = tuple(first_stage.image_shape)
         scale = first_stage.scaling_factor
         self.register_buffer("latent_scale", torch.tensor(math.nan if scale is None else float(scale), dtype=torch.float64))
         self.register_buffer("latent_shift", torch.tensor(float(first_stage.shift_factor), dtype=torch.float64))
+        self.register_buffer("latent_bound", torch.tensor(math.nan, dtype=torch.float64))
+        clip_for_latents(self.sampler, None)  # until the bound is known (fit start, or a loaded checkpoint)
         self._posterior_generators: dict[torch.device, torch.Generator] = {}
 
     # ------------------------------------------------------------------ latents
@@ -106,30 +137,49 @@ class LatentDiffusionModule(DiffusionModule):
         return super().validation_step(self._latent_batch(batch, (self.val_seed, self.global_rank, batch_idx)), batch_idx)
 
     # ------------------------------------------------------------------ the scale and checkpoints
+    @property
+    def clip_bound(self) -> float | None:
+        """What the samplers clip x_0 to: ``latent_bound``, or None (unclipped)."""
+        bound = float(self.latent_bound)
+        return bound if self.clip_latents and math.isfinite(bound) else None
+
     def on_fit_start(self) -> None:
-        """Set the scale from the data (once: a resumed run keeps its checkpoint's); the samplers
-        of the callbacks (e.g. ``callbacks.fid.sampler``) sample latents unclipped too."""
-        for callback in self.trainer.callbacks:
-            if getattr(callback, "sampler", None) is not None:
-                unclip_for_latents(callback.sampler)
-        if bool(torch.isfinite(self.latent_scale)):
-            return
+        """Set the scale and the clip bound from the data (once: a resumed run keeps its
+        checkpoint's); the run's sampler and those of the callbacks (e.g. ``callbacks.fid.sampler``)
+        clip x_0 to the bound."""
         dm = self.trainer.datamodule
-        if not hasattr(dm, "latent_std"):
-            raise RuntimeError("a latent diffusion model trains on a LatentDataModule (build_datamodule with a first stage)")
-        std = dm.latent_std(self.sample_posterior)
-        self.latent_scale.fill_(1.0 / std)
-        log.info("latent scale 1/std = %.5g (std %.5g of the training latents, arXiv:2112.10752)", 1.0 / std, std)
+        if not (bool(torch.isfinite(self.latent_scale)) and bool(torch.isfinite(self.latent_bound))):
+            if not hasattr(dm, "latent_std"):
+                raise RuntimeError("a latent diffusion model trains on a LatentDataModule (build_datamodule with a first stage)")
+        if not bool(torch.isfinite(self.latent_scale)):
+            std = dm.latent_std(self.sample_posterior)
+            self.latent_scale.fill_(1.0 / std)
+            log.info("latent scale 1/std = %.5g (std %.5g of the training latents, arXiv:2112.10752)", 1.0 / std, std)
+        if not bool(torch.isfinite(self.latent_bound)):
+            mean, logvar = dm.posterior("train")
+            bound = latent_bound_of(mean, logvar, float(self.latent_scale), float(self.latent_shift), self.sample_posterior)
+            self.latent_bound.fill_(bound)
+            log.info("latent clip bound %.4g (max |z'| of the training latents)%s", bound,
+                     "" if self.clip_latents else "; not used: first_stage.clip_latents=false")
+        for sampler in [self.sampler, *(getattr(c, "sampler", None) for c in self.trainer.callbacks)]:
+            if sampler is not None:
+                clip_for_latents(sampler, self.clip_bound)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["difflab"]["first_stage"] = {**self.first_stage.describe(), "latent_scale": float(self.latent_scale),
                                                 "latent_shift": float(self.latent_shift),
-                                                "sample_posterior": self.sample_posterior}
+                                                "latent_bound": float(self.latent_bound),
+                                                "sample_posterior": self.sample_posterior,
+                                                "clip_latents": self.clip_latents}
         checkpoint["difflab"]["data_shape"] = list(self.data_shape)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict) and "latent_scale" in state and "latent_bound" not in state:
+            # a checkpoint from before the bound was stored: fit start computes it from the data
+            state["latent_bound"] = torch.tensor(math.nan, dtype=torch.float64)
         stored = ((checkpoint.get("difflab") or {}).get("first_stage") or {}).get("fingerprint")
         if stored is not None and stored != self.first_stage.fingerprint:
             raise CheckpointError(

@@ -101,9 +101,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     sampler = build_sampler(sampler_cfg, model.process.num_timesteps)
     decode = model.extra.get("decode")  # a latent model: samples are decoded by its first stage
     if decode is not None:
-        from difflab.latent import unclip_for_latents
+        from difflab.latent import clip_for_latents
 
-        unclip_for_latents(sampler)
+        clip_for_latents(sampler, model.extra.get("clip_bound"))
         model.extra["first_stage"]()  # the autoencoder now: a missing or another one fails before sampling
         if nll:
             raise ConfigError("metrics=[nll] is the likelihood of pixels; this checkpoint is a latent model (first_stage), "

@@ -3,6 +3,8 @@ sampling through load_model, and the refusals (export, a pixel run resuming a la
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -72,11 +74,21 @@ def test_latent_run_samples_decoded_images_resumes_and_refuses_export(autoencode
     _run(latent, tmp_path, 4)
     again = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert again["global_step"] == 4 and float(again["state_dict"]["latent_scale"]) == scale
+    bound = float(again["state_dict"]["latent_bound"])
+    assert bound == float(ckpt["state_dict"]["latent_bound"]) and 1.0 < bound < 50.0
 
     # sample.py's path: load_model decodes
     model = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert model.image_shape == (2, 8, 8) and model.extra["data_shape"] == (1, 28, 28)
-    assert model.sampler.clip_sample is False
+    assert model.sampler.clip_sample and model.sampler.clip_range == bound == model.extra["clip_bound"]
+    # first_stage.clip_latents=false, and a checkpoint from before the bound was stored: unclipped
+    unclipped = {**again, "hyper_parameters": copy.deepcopy(again["hyper_parameters"])}
+    unclipped["hyper_parameters"]["config"]["first_stage"]["clip_latents"] = False
+    legacy = {**again, "state_dict": {k: v for k, v in again["state_dict"].items() if k != "latent_bound"}}
+    for name, ck in (("unclipped", unclipped), ("legacy", legacy)):
+        torch.save(ck, tmp_path / f"{name}.ckpt")
+        other = load_model(tmp_path / f"{name}.ckpt")
+        assert other.extra["clip_bound"] is None and other.sampler.clip_sample is False, name
     ((_, x),) = draw(model.backbone, model.process, model.sampler, model.objective.target, model.image_shape, 3,
                      batches=[0], decode=model.extra["decode"])
     assert x.dtype == torch.uint8 and x.shape == (3, 1, 28, 28)

@@ -150,10 +150,10 @@ class NFETable(Callback):
         labels, guidance, scheme = eval_condition(pl_module, self.n, datamodule)  # as the FID callback
         decode = getattr(pl_module, "decode", None)  # a latent model: score decoded samples
         for sampler in self.build_samplers(T):
-            if decode is not None:  # latents are sampled unclipped
-                from difflab.latent import unclip_for_latents
+            if decode is not None:  # latents: x_0 clipped to the range of the training latents
+                from difflab.latent import clip_for_latents
 
-                unclip_for_latents(sampler)
+                clip_for_latents(sampler, pl_module.clip_bound)
             start = time.perf_counter()
             with evaluation_backbone(pl_module) as model:
                 result = evaluate(model, pl_module.process, sampler, pl_module.objective.target, evaluator, self.seed,

@@ -12,6 +12,7 @@ and says what to do: a missing or unreadable file, an unsafe one, one that was n
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from difflab.diffusion.objectives import DiffusionObjective
 from difflab.diffusion.process import GaussianDiffusion
 from difflab.errors import CheckpointError, DifflabError
 from difflab.samplers.base import Sampler
+from difflab.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 __all__ = [
     "InitFrom",
@@ -284,12 +288,13 @@ def _latent_extra(ckpt: dict[str, Any], config: dict[str, Any], sampler: Sampler
     ``first_stage`` (a callable that builds it), from its stored ``first_stage`` config and latent
     scale; ``{}`` for a pixel model. The autoencoder is built on the first decode (a checkpoint
     loads without it, e.g. for export, which refuses latent models), and checked against the
-    fingerprint the checkpoint stores. The sampler samples unclipped
-    (:func:`difflab.latent.unclip_for_latents`)."""
+    fingerprint the checkpoint stores. The sampler clips x_0 to the stored range of the training
+    latents, ``clip_bound`` (:func:`difflab.latent.clip_for_latents`; None: unclipped, for
+    ``first_stage.clip_latents=false`` and for checkpoints written before the bound was stored)."""
     node = config.get("first_stage")
     if not isinstance(node, dict) or not node.get("_target_") or str(node.get("name", "")).lower() == "none":
         return {}
-    from difflab.latent import unclip_for_latents
+    from difflab.latent import clip_for_latents
 
     info = ckpt.get("difflab") or {}
     data_shape = tuple(int(s) for s in info.get("data_shape") or ())
@@ -315,12 +320,18 @@ def _latent_extra(ckpt: dict[str, Any], config: dict[str, Any], sampler: Sampler
 
     scale = float(raw["latent_scale"]) if "latent_scale" in raw else float("nan")
     shift = float(raw.get("latent_shift", torch.tensor(0.0)))
-    unclip_for_latents(sampler)
+    bound = float(raw["latent_bound"]) if "latent_bound" in raw else float("nan")
+    clip_bound = bound if bool(node.get("clip_latents", True)) and math.isfinite(bound) else None
+    if "latent_bound" not in raw:
+        log.warning("%s: a latent model without its clip range (written before latent_bound was stored); its samples "
+                    "are drawn unclipped, and eps-prediction samplers can diverge near t = T: train it again", source)
+    clip_for_latents(sampler, clip_bound)
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         return first_stage().decode(z.float() / scale + shift)
 
-    return {"decode": decode, "data_shape": data_shape, "first_stage": first_stage, "latent_scale": scale}
+    return {"decode": decode, "data_shape": data_shape, "first_stage": first_stage, "latent_scale": scale,
+            "clip_bound": clip_bound}
 
 
 def load_model(path: str | Path, use_ema: bool = True) -> LoadedModel:
