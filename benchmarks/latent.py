@@ -6,9 +6,9 @@
 
 The comparison (``benchmarks/README.md``, "Latent diffusion"):
 
-1. the first stage: ``python train.py model=autoencoder`` (its defaults, 3000 steps); its
+1. the first stage: ``python train.py model=autoencoder`` (the default trainer.max_steps, 2,400); its
    training time, PSNR and rFID are reported separately, they are not in the budget;
-2. the pixel default: ``python train.py`` (what ``make train`` runs, 3000 steps); its
+2. the pixel default: ``python train.py`` (what ``make train`` runs, 2,400 steps); its
    training time (first to last training batch) is the budget, and its FID callback scores
    n=1000 samples at the end (``fid/digits/ddim50_eta1/n1000``);
 3. the latent run: ``python train.py first_stage=autoencoder first_stage.ckpt=<1>``
