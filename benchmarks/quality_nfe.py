@@ -11,7 +11,8 @@ entry of :data:`SAMPLERS` (``--samplers`` picks some): DDPM over all T steps, DD
 1, DPM-Solver++ (2M, 3M, SDE), UniPC, Euler, Euler ancestral and Heun (Karras sigmas) at 5, 10,
 20 and 50 NFE where the order allows. Heun costs 2 NFE per step but the last: ``heun_karras10``
 is 10 NFE (6 steps). ``--quick`` trains a tiny UNet for a few steps in-process and scores 50
-samples of three short samplers: it checks the pipeline, not the quality.
+samples of three short samplers: it checks the pipeline, not the quality. A latent model
+(``first_stage``) is scored on its decoded samples, with x_0 clipped to its latents' range.
 """
 
 from __future__ import annotations
@@ -110,14 +111,19 @@ def main() -> None:
         datamodule = hydra.utils.instantiate(model.config["data"])
         evaluator = Evaluator(datamodule, "digits", ("fid", "kid"), n, args.cache_dir or str(Path(tmp) / "real_stats"))
         T = model.process.num_timesteps
+        decode = model.extra.get("decode")  # a latent model: score its decoded samples
         rows, results = [], []
         loads = [loadavg()]
         for name, entry in table_of.items():
             sampler = build_sampler(entry)
+            if decode is not None:  # x_0 clipped to the training latents' range, as the run sampled
+                from difflab.latent import clip_for_latents
+
+                clip_for_latents(sampler, model.extra.get("clip_bound"))
             t0 = time.perf_counter()
             with eval_mode(model.backbone):
                 res = evaluate(model.backbone, model.process, sampler, model.objective.target, evaluator, args.seed,
-                               args.batch_size, "cpu")
+                               args.batch_size, "cpu", shape=model.image_shape, decode=decode)
             secs = time.perf_counter() - t0
             loads.append(loadavg())
             fid_key = next(k for k in res.scores if k.startswith("fid/"))
