@@ -35,7 +35,7 @@ from difflab.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["LatentDiffusionModule", "clip_for_latents", "latent_bound_of"]
+__all__ = ["LatentDiffusionModule", "clip_bound_of", "clip_for_latents", "latent_bound_of"]
 
 #: a seed part that keeps the posterior noise apart from the diffusion noise of the same step
 _POSTERIOR_STREAM = 0x1A7E
@@ -43,6 +43,14 @@ _POSTERIOR_STREAM = 0x1A7E
 
 #: posterior standard deviations added to |mean| in the clip bound of the latents
 BOUND_POSTERIOR_STDS = 3.0
+
+
+def clip_bound_of(bound: float, clip_latents: bool = True) -> float | None:
+    """What a latent model's samplers clip x_0 to: the stored ``latent_bound``, or None (unclipped)
+    when ``first_stage.clip_latents=false`` or the bound is not known (NaN: not computed yet, or a
+    checkpoint from before it was stored)."""
+    bound = float(bound)
+    return bound if clip_latents and math.isfinite(bound) else None
 
 
 def clip_for_latents(sampler: Any, bound: float | None) -> Any:
@@ -140,8 +148,7 @@ class LatentDiffusionModule(DiffusionModule):
     @property
     def clip_bound(self) -> float | None:
         """What the samplers clip x_0 to: ``latent_bound``, or None (unclipped)."""
-        bound = float(self.latent_bound)
-        return bound if self.clip_latents and math.isfinite(bound) else None
+        return clip_bound_of(float(self.latent_bound), self.clip_latents)
 
     def on_fit_start(self) -> None:
         """Set the scale and the clip bound from the data (once: a resumed run keeps its

@@ -103,7 +103,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if decode is not None:
         from difflab.latent import clip_for_latents
 
-        clip_for_latents(sampler, model.extra.get("clip_bound"))
+        bound = model.extra.get("clip_bound")
+        user = cfg.get("sampler")
+        if bound is not None and user is not None and user.get("clip_sample", True) is False:
+            log.info("sampler.clip_sample=false: x_0 of this latent model is not clipped to its latents' range %.4g", bound)
+            bound = None
+        clip_for_latents(sampler, bound)
         model.extra["first_stage"]()  # the autoencoder now: a missing or another one fails before sampling
         if nll:
             raise ConfigError("metrics=[nll] is the likelihood of pixels; this checkpoint is a latent model (first_stage), "

@@ -89,6 +89,13 @@ def test_latent_run_samples_decoded_images_resumes_and_refuses_export(autoencode
         torch.save(ck, tmp_path / f"{name}.ckpt")
         other = load_model(tmp_path / f"{name}.ckpt")
         assert other.extra["clip_bound"] is None and other.sampler.clip_sample is False, name
+    # sample.py clips to the stored range, unless the command line asks for sampler.clip_sample=false
+    from tests.app.test_sample import sample
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    clipped = sample(last, tmp_path / "s1", "n=2", "grid_size=0")["sampler"]["config"]
+    assert "clip_sample=True" in clipped and f"clip_range={bound!r}" in clipped
+    assert "clip_sample=False" in sample(last, tmp_path / "s2", "n=2", "grid_size=0", "+sampler.clip_sample=false")["sampler"]["config"]
     ((_, x),) = draw(model.backbone, model.process, model.sampler, model.objective.target, model.image_shape, 3,
                      batches=[0], decode=model.extra["decode"])
     assert x.dtype == torch.uint8 and x.shape == (3, 1, 28, 28)

@@ -12,7 +12,6 @@ and says what to do: a missing or unreadable file, an unsafe one, one that was n
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -294,7 +293,7 @@ def _latent_extra(ckpt: dict[str, Any], config: dict[str, Any], sampler: Sampler
     node = config.get("first_stage")
     if not isinstance(node, dict) or not node.get("_target_") or str(node.get("name", "")).lower() == "none":
         return {}
-    from difflab.latent import clip_for_latents
+    from difflab.latent import clip_bound_of, clip_for_latents
 
     info = ckpt.get("difflab") or {}
     data_shape = tuple(int(s) for s in info.get("data_shape") or ())
@@ -321,7 +320,7 @@ def _latent_extra(ckpt: dict[str, Any], config: dict[str, Any], sampler: Sampler
     scale = float(raw["latent_scale"]) if "latent_scale" in raw else float("nan")
     shift = float(raw.get("latent_shift", torch.tensor(0.0)))
     bound = float(raw["latent_bound"]) if "latent_bound" in raw else float("nan")
-    clip_bound = bound if bool(node.get("clip_latents", True)) and math.isfinite(bound) else None
+    clip_bound = clip_bound_of(bound, bool(node.get("clip_latents", True)))
     if "latent_bound" not in raw:
         log.warning("%s: a latent model without its clip range (written before latent_bound was stored); its samples "
                     "are drawn unclipped, and eps-prediction samplers can diverge near t = T: train it again", source)
