@@ -4,6 +4,8 @@
     python benchmarks/findings.py --finding ddim_eta       # one finding (its runs; shared runs serve the others too)
     python benchmarks/findings.py --finding ema --max-minutes 110 --commit   # one piece: stop before 110 min, commit each result
     python benchmarks/findings.py --report                 # findings.md from the committed results alone, no run
+    python benchmarks/findings.py --list                   # every run: its cost (steps, image NFEs) and whether it is done
+    python benchmarks/findings.py --arm schedule=linear --seed 0 --commit   # one run of the list
     python benchmarks/findings.py --full                   # full size (GPU): 20,000 steps, n = 4,500 -> findings_full.md
     python benchmarks/findings.py --quick                  # the pipeline in a temporary folder, tiny UNet, 2 seeds
 
@@ -325,6 +327,34 @@ def plan(names: list[str], budget: str) -> tuple[list[Run], dict[str, Spec], dic
     selected = [r for r in runs.values() if any(f in names for f in r.findings)]
     return selected, specs, arms
 
+
+
+def run_cost(run: Run, composer: Composer) -> dict[str, int]:
+    """What a run costs before any figure: its training steps, and the network evaluations
+    (one image through the network, counted per image) of its FID callback and of its
+    evaluations; bits/dim (an adaptive ODE solve) is counted apart, as the number of val digits.
+    The budget of a piece: steps x (time of a step) + image NFEs x (time of one image's forward)."""
+    from omegaconf import OmegaConf
+
+    from difflab.build import build_sampler as build_run_sampler
+
+    cfg = composer.compose(run.overrides())
+    steps = int(cfg.trainer.max_steps)
+    T = int(cfg.schedule.num_timesteps)
+    n = int(cfg.callbacks.fid.n)
+    every = int(OmegaConf.select(cfg, "callbacks.fid.every_n_steps") or 0)
+    scores = steps // every if every > 0 else 0  # the FID callback's scores: every N steps, and at the end
+    scores += int(bool(OmegaConf.select(cfg, "callbacks.fid.at_end", default=True)) and (every <= 0 or steps % every != 0))
+    callback_nfe = run_nfe = build_run_sampler(cfg.sampler, T).nfe(T)
+    fid_node = OmegaConf.select(cfg, "callbacks.fid.sampler")
+    if fid_node is not None and OmegaConf.select(fid_node, "_target_") is not None:
+        callback_nfe = build_run_sampler(fid_node, T).nfe(T)
+    evaluation = sum(build_sampler(ev["sampler"]).nfe(T) for ev in run.evaluations.values() if ev["kind"] in ("fid", "guidance"))
+    guided = sum(build_sampler(ev["sampler"]).nfe(T) for ev in run.evaluations.values() if ev["kind"] == "guidance")
+    settings = cfg.get("finding") or {}
+    return {"train_steps": steps, "callback_image_nfe": scores * n * callback_nfe,
+            "evaluation_image_nfe": n * (evaluation + guided),  # a guided step calls the network twice
+            "bpd_images": int(settings.get("bpd_n", 0)) if "bpd" in run.evaluations else 0, "run_nfe": run_nfe}
 
 
 def missing_labels(run: Run, results: Path) -> list[str] | None:
@@ -921,6 +951,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the runs and whether each has a result; run nothing")
     p.add_argument("--max-minutes", type=float, default=None, help="start no run that would end past this many minutes")
     p.add_argument("--max-runs", type=int, default=None, help="run at most this many runs, then report")
+    p.add_argument("--arm", action="append", default=None,
+                   help="only this arm, as --list names it (e.g. schedule=linear, default; repeatable)")
+    p.add_argument("--seed", type=int, action="append", default=None, help="only this seed (repeatable)")
     p.add_argument("--results-dir", default=None, help=f"where the run JSONs go (default {RESULTS_DIR.relative_to(ROOT)})")
     p.add_argument("--out", default=None, help="the markdown file (default benchmarks/findings.md, _full for --full)")
     p.add_argument("--work-dir", default=None, help="run dirs (default outputs/findings; --quick: a temporary folder)")
@@ -943,12 +976,25 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work_dir) if args.work_dir else (tmp / "runs" if args.quick else ROOT / "outputs" / "findings")
         cache = work / "real_stats"
         runs, _, _ = plan(names, budget)
+        if args.arm:
+            slugs = {r.slug for r in runs}
+            unknown = [a for a in args.arm if a not in slugs]
+            if unknown:
+                p.error(f"--arm {unknown}: not an arm of findings {', '.join(names)}; accepted: {', '.join(sorted(slugs))}")
+            runs = [r for r in runs if r.slug in args.arm]
+        if args.seed:
+            runs = [r for r in runs if r.seed in args.seed]
         todo = []
+        composer = Composer(budget) if args.list else None
+        if args.list:
+            print(f"{'arm':40s} {'seed':>4s}  {'steps':>6s} {'callback NFE':>13s} {'eval NFE':>11s} {'bpd':>4s}  findings  state")
         for run in runs:
             lacking = missing_labels(run, results)
             state = "no result" if lacking is None else ("done" if not lacking else f"lacks {', '.join(lacking[:4])}")
             if args.list:
-                print(f"{run.slug:40s} seed {run.seed}  [{', '.join(run.findings)}]  {state}")
+                c = run_cost(run, composer)
+                print(f"{run.slug:40s} {run.seed:4d}  {c['train_steps']:6d} {c['callback_image_nfe']:13,d} "
+                      f"{c['evaluation_image_nfe']:11,d} {c['bpd_images']:4d}  [{', '.join(run.findings)}]  {state}")
             if lacking is None or lacking:
                 todo.append(run)
             else:

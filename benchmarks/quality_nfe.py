@@ -56,6 +56,10 @@ def _table() -> dict[str, dict]:
             out[f"heun_karras_churn{nfe - (nfe + 1) % 2}"] = {
                 "name": "heun", "num_steps": (nfe + 1) // 2, "use_karras_sigmas": True,
                 "s_churn": 30.0, "s_tmin": 0.01, "s_tmax": 1.0, "s_noise": 1.007}
+    for nfe in (30, 40):  # between 20 and 50: candidates for a cheaper default than DDIM 50, eta 1
+        out[f"ddim{nfe}_eta1"] = {"name": "ddim", "num_steps": nfe, "eta": 1.0}
+        out[f"sde_dpmpp2m{nfe}"] = {"name": "dpm_solver", "num_steps": nfe, "order": 2, "algorithm": "sde-dpmsolver++"}
+        out[f"euler_a{nfe}"] = {"name": "euler_ancestral", "num_steps": nfe}
     out["ddim100"] = {"name": "ddim", "num_steps": 100, "eta": 0.0}
     out["ddim100_eta1"] = {"name": "ddim", "num_steps": 100, "eta": 1.0}
     return out

@@ -174,3 +174,28 @@ def test_quick_runs_the_pipeline_and_resumes(tmp_path):
 
 def test_claim_without_results_is_not_run_yet():
     assert F.Claim("x", {}, {}, True).test() == ("missing", "x: not run yet")
+
+
+def test_run_cost_counts_every_image_through_the_network():
+    """--list's cost of a run: the FID callback's scores (every 500 steps of 1,500, n = 1,000,
+    DDIM 50) and each evaluation's NFE x n, a guided one twice."""
+    runs, _, _ = F.plan(list(F.FINDINGS), "short")
+    by_slug = {r.slug: r for r in runs if r.seed == 0}
+    composer = F.Composer("short")
+    linear = F.run_cost(by_slug["schedule=linear"], composer)
+    assert linear["train_steps"] == 1500 and linear["run_nfe"] == 50
+    assert linear["callback_image_nfe"] == 3 * 1000 * 50
+    assert linear["evaluation_image_nfe"] == 1000 * (10 + 50) and linear["bpd_images"] == 100
+    grid = sum(steps * 4 * 2 for steps in (10, 20, 50, 100))  # 4 etas x clipped or not
+    assert F.run_cost(by_slug["trainer.max_steps=6000"], composer)["evaluation_image_nfe"] == 1000 * grid
+    assert F.run_cost(by_slug["objective.weighting=uniform"], composer)["evaluation_image_nfe"] == 0
+
+
+def test_arm_and_seed_select_runs(tmp_path, capsys):
+    args = ["--list", "--results-dir", str(tmp_path), "--arm", "schedule=linear", "--seed", "1"]
+    assert F.main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "schedule=linear" in line]
+    assert len(rows) == 1 and rows[0].split()[1] == "1" and "no result" in rows[0]
+    with pytest.raises(SystemExit):
+        F.main(["--list", "--results-dir", str(tmp_path), "--arm", "schedule=cosine"])  # the default arm's name is "default"
+    assert "accepted: " in capsys.readouterr().err
