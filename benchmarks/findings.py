@@ -148,7 +148,10 @@ def load_spec(name: str, budget: str = "short") -> Spec:
         for part in (common.get(budget) or {}, own.get(budget) or {}):
             params.update({str(k): v for k, v in (part.get("params") or {}).items()})
             settings.update({k: v for k, v in part.items() if k not in ("params", "evaluate")})
-        evaluate = (own.get(budget) or {}).get("evaluate", evaluate)
+        if "evaluate" in (own.get(budget) or {}):
+            evaluate = own[budget]["evaluate"]
+        else:  # a short-budget sample count (`n`) does not carry over: the budget's own n holds
+            evaluate = [{k: v for k, v in e.items() if k != "n"} for e in evaluate]
     return Spec(
         name=name, number=int(own["number"]), title=str(own["title"]), paper=str(own["paper"]),
         published=str(own["published"]), group=str(raw.group),
@@ -226,7 +229,10 @@ class Run:
     def overrides(self) -> list[str]:
         """The run's overrides after the base (what ``python train.py --config-dir sweeps`` takes)."""
         tags = ",".join(["findings", *(f"finding-{f}" for f in self.findings)])
-        return [*(f"{k}={v}" for k, v in self.fixed.items()), *self.arm, f"seed={self.seed}",
+        # the FID-against-step curve (every callbacks.fid.every_n_steps) only where a finding reads
+        # it (fid_curve); other runs score at the end alone, which their evaluations reuse
+        curve = [] if not self.evaluations or "fid_curve" in self.evaluations else ["callbacks.fid.every_n_steps=0"]
+        return [*(f"{k}={v}" for k, v in self.fixed.items()), *self.arm, *curve, f"seed={self.seed}",
                 f"group={self.group}", f"run_name='{self.slug}-seed{self.seed}'", f"tags=[{tags}]"]
 
     def command(self) -> str:
@@ -292,16 +298,21 @@ def expand_evaluations(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any
             raise ValueError(f"metric {metric!r} in a findings spec; accepted: fid, bpd, fid_curve")
         weights = entry.get("weights", "ema")
         scales = entry.get("conditioning.guidance_scale")
+        n = entry.get("n")  # this evaluation's sample count; default: the run's callbacks.fid.n
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
+            raise ValueError(f"n {n!r} in a findings spec: an integer >= 2 (samples per score)")
+        extra = {} if n is None else {"n": int(n)}
         for options in _sampler_options(entry["sampler"]):
             for w in weights if isinstance(weights, list) else [weights]:
                 if w not in ("ema", "raw"):
                     raise ValueError(f"weights {w!r} in a findings spec; accepted: ema, raw")
                 label = sampler_label(options) + ("_raw" if w == "raw" else "")
                 if scales is None:
-                    out[label] = {"kind": "fid", "sampler": options, "weights": w}
+                    out[label] = {"kind": "fid", "sampler": options, "weights": w, **extra}
                 else:
                     for s in scales if isinstance(scales, list) else [scales]:
-                        out[f"{label}_w{float(s):g}"] = {"kind": "guidance", "sampler": options, "weights": w, "w": float(s)}
+                        out[f"{label}_w{float(s):g}"] = {"kind": "guidance", "sampler": options, "weights": w, "w": float(s),
+                                                         **extra}
     return out
 
 
@@ -349,11 +360,11 @@ def run_cost(run: Run, composer: Composer) -> dict[str, int]:
     fid_node = OmegaConf.select(cfg, "callbacks.fid.sampler")
     if fid_node is not None and OmegaConf.select(fid_node, "_target_") is not None:
         callback_nfe = build_run_sampler(fid_node, T).nfe(T)
-    evaluation = sum(build_sampler(ev["sampler"]).nfe(T) for ev in run.evaluations.values() if ev["kind"] in ("fid", "guidance"))
-    guided = sum(build_sampler(ev["sampler"]).nfe(T) for ev in run.evaluations.values() if ev["kind"] == "guidance")
+    images = sum(int(ev.get("n", n)) * build_sampler(ev["sampler"]).nfe(T) * (2 if ev["kind"] == "guidance" else 1)
+                 for ev in run.evaluations.values() if ev["kind"] in ("fid", "guidance"))  # a guided step: 2 calls
     settings = cfg.get("finding") or {}
     return {"train_steps": steps, "callback_image_nfe": scores * n * callback_nfe,
-            "evaluation_image_nfe": n * (evaluation + guided),  # a guided step calls the network twice
+            "evaluation_image_nfe": images,
             "bpd_images": int(settings.get("bpd_n", 0)) if "bpd" in run.evaluations else 0, "run_nfe": run_nfe}
 
 
@@ -393,7 +404,14 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
     config = model("ema").config
     n = int(config["callbacks"]["fid"]["n"])
     datamodule = hydra.utils.instantiate(config["data"])
-    evaluator = Evaluator(datamodule, "digits", ("fid", "kid"), n, str(cache_dir), device=device)
+    evaluators: dict[int, Any] = {}
+
+    def evaluator_of(count: int):
+        if count not in evaluators:
+            evaluators[count] = Evaluator(datamodule, "digits", ("fid", "kid"), count, str(cache_dir), device=device)
+        return evaluators[count]
+
+    evaluator = evaluator_of(n)
     batch = int(settings["batch_size"])
     metrics: dict[str, Any] = {}
     for label, ev in run.evaluations.items():
@@ -423,6 +441,13 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
             continue
         m = model(ev["weights"])
         sampler = build_sampler(ev["sampler"])
+        ev_n = int(ev.get("n", n))
+        if ev["kind"] == "fid" and ev["weights"] == "ema":
+            again = _callback_score(run_dir, m.global_step, repr(sampler), ev_n, run.seed, batch)
+            if again is not None:  # the FID callback drew and scored these very samples at the end
+                metrics[label] = {**again, "sampler": repr(sampler), "weights": "ema", "seconds": 0.0}
+                note(f"  {label}: the FID callback's score at step {m.global_step} (the same samples), not drawn again")
+                continue
         with eval_mode(m.backbone):
             if ev["kind"] == "guidance":
                 from difflab.evaluation.guidance_sweep import guidance_sweep
@@ -430,23 +455,49 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
                 num_classes = getattr(m.backbone, "num_classes", None)
                 if num_classes is None:
                     raise RuntimeError(f"{label}: the checkpoint is unconditional; guidance needs conditioning=class")
-                row = guidance_sweep(m.backbone, m.process, sampler, m.objective.target, evaluator, [ev["w"]],
+                row = guidance_sweep(m.backbone, m.process, sampler, m.objective.target, evaluator_of(ev_n), [ev["w"]],
                                      num_classes=int(num_classes), seed=run.seed, batch_size=batch, device=device)[0]
                 metrics[label] = {"fid": row["fid"], "kid": row["kid"], "kid_std": row["kid_std"], "acc": row["acc"],
-                                  "nfe": row["nfe"], "key": row["fid_key"], "w": ev["w"], "sampler": repr(sampler),
+                                  "nfe": row["nfe"], "key": row["fid_key"], "w": ev["w"], "n": ev_n, "sampler": repr(sampler),
                                   "weights": ev["weights"], "seconds": time.perf_counter() - t0}
                 continue
-            res = evaluate(m.backbone, m.process, sampler, m.objective.target, evaluator, run.seed, batch, device)
+            res = evaluate(m.backbone, m.process, sampler, m.objective.target, evaluator_of(ev_n), run.seed, batch, device)
         fid_key = next(k for k in res.scores if k.startswith("fid/"))
         kid_key = next(k for k in res.scores if k.startswith("kid/"))
         metrics[label] = {"fid": res.scores[fid_key], "kid": res.scores[kid_key], "kid_std": res.values.get("kid_std"),
-                          "nfe": res.protocol["nfe"], "key": fid_key, "sampler": repr(sampler), "weights": ev["weights"],
+                          "nfe": res.protocol["nfe"], "key": fid_key, "n": ev_n, "sampler": repr(sampler), "weights": ev["weights"],
                           "seconds": time.perf_counter() - t0}
-    floor = evaluator.floor()
+    floor = dict(evaluator.floor() or {})
+    for count, other in evaluators.items():  # the floor at each other n an evaluation used
+        if count != n:
+            floor.update(other.floor() or {})
     del models
     if device == "cuda":
         torch.cuda.empty_cache()
     return metrics, floor
+
+
+def _callback_score(run_dir: Path, step: int, sampler_config: str, n: int, seed: int, batch: int) -> dict | None:
+    """The FID callback's end-of-run score (``<run dir>/fid/step_*.json``) when it is the very
+    evaluation asked for: the same step, sampler (its repr), n, seed and batch, without guidance
+    (the callback samples with the EMA weights when there are any, as ``load_model`` does); else
+    None. Sample i is drawn from (seed, i) on both paths, so the figure would be the same."""
+    path = run_dir / "fid" / f"step_{int(step or 0):07d}.json"
+    if step is None or not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    proto = rec.get("protocol") or {}
+    if (proto.get("sampler_config") != sampler_config or proto.get("n") != n or proto.get("seed") != seed
+            or proto.get("batch_size") != batch or proto.get("guidance") is not None or proto.get("labels") is not None
+            or proto.get("latent_shape") is not None):
+        return None
+    scores = rec.get("scores") or {}
+    fid_key = next((k for k in scores if k.startswith("fid/")), None)
+    kid_key = next((k for k in scores if k.startswith("kid/")), None)
+    if fid_key is None:
+        return None
+    return {"fid": scores[fid_key], "kid": scores.get(kid_key), "kid_std": None, "nfe": proto.get("nfe"), "key": fid_key,
+            "n": n, "from": f"callbacks.fid, step {int(step)}"}
 
 
 def _git_commit() -> str | None:
@@ -849,10 +900,12 @@ def budget_line(spec: Spec, budget: str, composer: Composer) -> str:
     if "bpd" in evs:
         parts.append(f"bits/dim on {spec.settings['bpd_n']} val digits (dopri5, rtol {spec.settings['bpd_rtol']:g}, Hutchinson)")
     samplers = [lab for lab in evs if lab not in ("bpd", "fid_curve")]
+    own_n = sorted({int(ev["n"]) for ev in expand_evaluations(spec.evaluate).values() if "n" in ev})
+    at_n = f" at n = {' and '.join(f'{k:,}' for k in own_n)} (against as many training digits)" if own_n else ""
     if len(samplers) > 8:
-        parts.append(f"{len(samplers)} sampler settings, the table's grid (`{samplers[0]}` to `{samplers[-1]}`)")
+        parts.append(f"{len(samplers)} sampler settings, the table's grid (`{samplers[0]}` to `{samplers[-1]}`){at_n}")
     elif samplers:
-        parts.append(f"samplers: {', '.join(f'`{s}`' for s in samplers)}")
+        parts.append(f"samplers: {', '.join(f'`{s}`' for s in samplers)}{at_n}")
     return "; ".join(parts)
 
 

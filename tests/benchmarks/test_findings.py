@@ -184,10 +184,11 @@ def test_run_cost_counts_every_image_through_the_network():
     composer = F.Composer("short")
     linear = F.run_cost(by_slug["schedule=linear"], composer)
     assert linear["train_steps"] == 1500 and linear["run_nfe"] == 50
-    assert linear["callback_image_nfe"] == 3 * 1000 * 50
+    assert F.run_cost(by_slug["default"], composer)["callback_image_nfe"] == 3 * 1000 * 50  # steps 500, 1000, 1500
+    assert linear["callback_image_nfe"] == 1000 * 50  # no curve: at the end alone
     assert linear["evaluation_image_nfe"] == 1000 * (10 + 50) and linear["bpd_images"] == 100
-    grid = sum(steps * 4 * 2 for steps in (10, 20, 50, 100))  # 4 etas x clipped or not
-    assert F.run_cost(by_slug["trainer.max_steps=6000"], composer)["evaluation_image_nfe"] == 1000 * grid
+    grid = sum(steps * 4 * 2 for steps in (10, 20, 50, 100))  # 4 etas x clipped or not, at n = 500
+    assert F.run_cost(by_slug["trainer.max_steps=6000"], composer)["evaluation_image_nfe"] == 500 * grid
     assert F.run_cost(by_slug["objective.weighting=uniform"], composer)["evaluation_image_nfe"] == 0
 
 
@@ -199,3 +200,36 @@ def test_arm_and_seed_select_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         F.main(["--list", "--results-dir", str(tmp_path), "--arm", "schedule=cosine"])  # the default arm's name is "default"
     assert "accepted: " in capsys.readouterr().err
+
+
+def test_runs_without_a_curve_score_at_the_end_only_and_reuse_that_score(tmp_path):
+    runs, _, _ = F.plan(list(F.FINDINGS), "short")
+    by_slug = {r.slug: r for r in runs if r.seed == 0}
+    assert "callbacks.fid.every_n_steps=0" not in by_slug["default"].overrides()  # min_snr reads its curve
+    assert "callbacks.fid.every_n_steps=0" in by_slug["schedule=linear"].overrides()
+    composer = F.Composer("short")
+    assert F.run_cost(by_slug["schedule=linear"], composer)["callback_image_nfe"] == 1000 * 50  # at the end alone
+
+    sampler = repr(F.build_sampler({"name": "ddim", "num_steps": 50, "eta": 1.0}))
+    proto = {"sampler_config": sampler, "n": 1000, "seed": 0, "batch_size": 250, "guidance": None, "labels": None,
+             "latent_shape": None, "nfe": 50}
+    (tmp_path / "fid").mkdir()
+    record = {"step": 1500, "protocol": proto, "scores": {"fid/digits/ddim50_eta1/n1000": 1.25, "kid/digits/ddim50_eta1/n1000": 0.01}}
+    (tmp_path / "fid" / "step_0001500.json").write_text(json.dumps(record))
+    got = F._callback_score(tmp_path, 1500, sampler, 1000, 0, 250)
+    assert got["fid"] == 1.25 and got["kid"] == 0.01 and got["key"] == "fid/digits/ddim50_eta1/n1000"
+    # anything else asked for is drawn again: another step, sampler, n, seed or batch
+    assert F._callback_score(tmp_path, 1000, sampler, 1000, 0, 250) is None
+    assert F._callback_score(tmp_path, 1500, sampler.replace("eta=1.0", "eta=0.0"), 1000, 0, 250) is None
+    assert F._callback_score(tmp_path, 1500, sampler, 500, 0, 250) is None
+    assert F._callback_score(tmp_path, 1500, sampler, 1000, 1, 250) is None
+    assert F._callback_score(tmp_path, 1500, sampler, 1000, 0, 100) is None
+
+
+def test_an_evaluation_can_have_its_own_n_on_the_short_budget_only():
+    short = F.expand_evaluations(F.load_spec("ddim_eta", "short").evaluate)
+    assert len(short) == 32 and {ev["n"] for ev in short.values()} == {500}
+    full = F.expand_evaluations(F.load_spec("ddim_eta", "full").evaluate)
+    assert all("n" not in ev for ev in full.values())  # the full budget's n (4,500)
+    with pytest.raises(ValueError, match="integer >= 2"):
+        F.expand_evaluations([{"sampler": {"name": "ddim", "num_steps": 10}, "n": 1}])
