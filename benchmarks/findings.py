@@ -927,7 +927,8 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
         "seed when both sides are scored from the same checkpoints, Welch's otherwise).",
         "",
         "Run the missing pieces with `python benchmarks/findings.py" + flag + " --finding NAME` (each finished run "
-        "writes its JSON; `--commit` commits it; `--max-minutes 110` stops before a piece's time is up). The default "
+        "writes its JSON; `--commit` commits it; `--max-minutes 110` stops before a piece's time is up; `--list` "
+        "prints each run's cost and `--arm`/`--seed` pick the runs that fit a piece). The default "
         "arm (the default config) is trained once and serves findings 1-5 and 7 (W&B group `findings-default`).",
         "",
     ]
