@@ -58,8 +58,8 @@ def test_ddp_sim_fid_ema_and_grids(tmp_path):
     fid = json.loads(records[0].read_text())
     protocol = fid["protocol"]
     assert protocol["world_size"] == 2 and protocol["n"] == N
-    key = f"fid/digits/ddim2_eta1/n{N}"
-    assert set(fid["scores"]) == {key, f"kid/digits/ddim2_eta1/n{N}"}
+    key = f"fid/digits/dpmpp2m_sde_nfe2/n{N}"
+    assert set(fid["scores"]) == {key, f"kid/digits/dpmpp2m_sde_nfe2/n{N}"}
     shares = [torch.load(run_dir / f"samples_rank{r}.pt") for r in (0, 1)]
     assert [len(s) for s in shares] == [N // 2, N // 2]
 

@@ -71,10 +71,10 @@ def test_writes_npz_and_grid(tiny_ckpt, tmp_path):
     with np.load(tmp_path / "samples.npz", allow_pickle=False) as f:
         images = f["images"]
         assert images.dtype == np.uint8 and images.shape == (5, 28, 28, 1)
-        assert str(f["sampler"]) == "ddim2_eta1" and int(f["nfe"]) == 2  # the default sampler: ddim_eta1
+        assert str(f["sampler"]) == "dpmpp2m_sde_nfe2" and int(f["nfe"]) == 2  # the default sampler: dpm_solver_sde
         assert int(f["seed"]) == 3 and int(f["n"]) == 5 and bool(f["use_ema"]) and int(f["global_step"]) == 2
         protocol = json.loads(str(f["protocol"]))
-    assert protocol["sampler"] == "ddim2_eta1" and "prediction_type" not in protocol["sampler_config"]
+    assert protocol["sampler"] == "dpmpp2m_sde_nfe2" and "prediction_type" not in protocol["sampler_config"]
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.shape == (2 * 30 + 2, 3 * 30 + 2)  # 5 images: 3 per row, 2 rows, 2 px padding
     assert result["grid"] == tmp_path / "grid.png" and result["metrics"] == []
@@ -105,7 +105,7 @@ def test_sampler_choice_and_partial_override(tiny_ckpt, tmp_path):
         assert str(f["sampler"]) == "ddpm3" and int(f["nfe"]) == 3
     sample(tiny_ckpt, tmp_path / "ckpt-sampler", "n=2", "+sampler.num_steps=1")
     with np.load(tmp_path / "ckpt-sampler" / "samples.npz") as f:
-        assert str(f["sampler"]) == "ddim1_eta1" and int(f["nfe"]) == 1  # the checkpoint's sampler, 1 step
+        assert str(f["sampler"]) == "dpmpp2m_sde_nfe1" and int(f["nfe"]) == 1  # the checkpoint's sampler, 1 step
 
 
 def test_exported_safetensors_sample_like_the_checkpoint(tiny_ckpt, tmp_path):
@@ -121,9 +121,9 @@ def test_exported_safetensors_sample_like_the_checkpoint(tiny_ckpt, tmp_path):
 def test_metrics_table_and_json(tiny_ckpt, tmp_path, capsys):
     result = sample(tiny_ckpt, tmp_path / "out", "n=6", "batch_size=3", "metrics=[fid,kid]", cache=tmp_path / "cache")
     out = capsys.readouterr().out
-    assert "fid/digits/ddim2_eta1/n6" in out and "kid/digits/ddim2_eta1/n6" in out and "floor" in out
+    assert "fid/digits/dpmpp2m_sde_nfe2/n6" in out and "kid/digits/dpmpp2m_sde_nfe2/n6" in out and "floor" in out
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(report["metrics"]) == {"fid/digits/ddim2_eta1/n6", "kid/digits/ddim2_eta1/n6"}
+    assert set(report["metrics"]) == {"fid/digits/dpmpp2m_sde_nfe2/n6", "kid/digits/dpmpp2m_sde_nfe2/n6"}
     assert all(np.isfinite(v) for v in report["metrics"].values())
     assert set(report["floor"]) == {"fid_floor/digits/n6", "kid_floor/digits/n6"}  # at the score's own n
     assert np.isfinite(report["floor"]["fid_floor/digits/n6"])
@@ -147,7 +147,7 @@ def test_the_checkpoints_sampler_takes_overrides_without_a_plus(tiny_ckpt, tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(out / "samples.npz") as f:
-        assert str(f["sampler"]) == "ddim1_eta1"
+        assert str(f["sampler"]) == "dpmpp2m_sde_nfe1"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -212,11 +212,11 @@ def test_point_data_are_scored_with_swd_mmd_and_bits_per_dim(tmp_path, capsys):
                  "trainer.enable_progress_bar=false", "callbacks.sample_grid.num_points=50"]
     train_run(compose_train(overrides, output_dir=str(tmp_path / "run")))
     record = json.loads((tmp_path / "run" / "fid" / "step_0000004.json").read_text())
-    assert set(record["scores"]) == {"swd/points/ddim3_eta1/n50", "mmd/points/ddim3_eta1/n50"}
+    assert set(record["scores"]) == {"swd/points/dpmpp2m_sde_nfe3/n50", "mmd/points/dpmpp2m_sde_nfe3/n50"}
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     result = sample(ckpt, tmp_path / "good", "n=50", "metrics=[swd,mmd,nll]", "nll_n=3")
     keys = [r["key"] for r in result["metrics"]]
-    assert keys[:2] == ["swd/points/ddim3_eta1/n50", "mmd/points/ddim3_eta1/n50"]
+    assert keys[:2] == ["swd/points/dpmpp2m_sde_nfe3/n50", "mmd/points/dpmpp2m_sde_nfe3/n50"]
     assert keys[2].startswith("nll/bpd/ode_dopri5_rtol1e-5_atol1e-5_exact") and keys[2].endswith("/val3")
     assert all(np.isfinite(r["value"]) for r in result["metrics"])
     assert (tmp_path / "good" / "grid.png").stat().st_size > 1000  # the scatter plot

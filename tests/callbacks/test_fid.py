@@ -65,19 +65,19 @@ def test_short_run_logs_fid_under_protocol_keys_and_reuses_the_cache(tmp_path, m
         return original_save(self, key, stats)
 
     monkeypatch.setattr(RealStatsCache, "save", counting_save)
-    key, floor = "fid/digits/ddim2_eta1/n32", "fid_floor/digits/n32"
+    key, floor = "fid/digits/dpmpp2m_sde_nfe2/n32", "fid_floor/digits/n32"
     overrides = [*FID_ON, f"callbacks.fid.cache_dir={cache_dir}", f"optimized_metric={key}"]
 
     metric, _ = run_tiny(tmp_path / "a", [*overrides, "logger=wandb"], steps=2, base=BASE)
     summary = _wandb_summary(tmp_path / "a")
     scores = summary["summary"]
     assert summary["state"] == "finished"
-    assert {key, "kid/digits/ddim2_eta1/n32", floor, "kid_floor/digits/n32"} <= set(scores)
+    assert {key, "kid/digits/dpmpp2m_sde_nfe2/n32", floor, "kid_floor/digits/n32"} <= set(scores)
     assert metric == pytest.approx(scores[key])  # trainer.callback_metrics: what sweepers read
     assert np.isfinite(scores[key]) and scores[key] > scores[floor] > 0
     protocol = summary["config"]["fid_protocol"]
     assert protocol["feature"] == "digits" and len(protocol["feature_hash"]) == 16
-    assert (protocol["sampler"], protocol["nfe"]) == ("ddim2_eta1", 2)  # the default sampler: ddim_eta1
+    assert (protocol["sampler"], protocol["nfe"]) == ("dpmpp2m_sde_nfe2", 2)  # the default sampler: dpm_solver_sde
     assert (protocol["n"], protocol["world_size"], protocol["seed"]) == (32, 1, 0)
     assert scores["fid_protocol"]["n"] == 32
     record = json.loads((tmp_path / "a" / "fid" / "step_0000002.json").read_text())
@@ -107,10 +107,10 @@ def test_fid_callback_nfe_table_and_sample_py_give_the_same_number(tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*FID_ON, f"callbacks.fid.cache_dir={tmp_path / 'cache'}", "logger=none",
                  "+callbacks.nfe_table._target_=difflab.callbacks.nfe_table.NFETable",
-                 "+callbacks.nfe_table.samplers=[{name:ddim,num_steps:2,eta:1.0}]", "+callbacks.nfe_table.n=32",
+                 "+callbacks.nfe_table.samplers=[{name:dpm_solver,num_steps:2,algorithm:'sde-dpmsolver++'}]", "+callbacks.nfe_table.n=32",
                  "+callbacks.nfe_table.batch_size=16", "+callbacks.nfe_table.floor=false"]
     _, cfg = run_tiny(run_dir, overrides, steps=2, base=BASE)
-    key = "fid/digits/ddim2_eta1/n32"
+    key = "fid/digits/dpmpp2m_sde_nfe2/n32"
     from_callback = json.loads((run_dir / "fid" / "step_0000002.json").read_text())["scores"][key]
     import csv
 

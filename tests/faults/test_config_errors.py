@@ -8,7 +8,7 @@ from tests.faults.conftest import one_error_line, run_main, run_train
 
 # (override, words the one line must hold: the key, the bad value, what is allowed)
 CASES = [
-    (["sampler.eta=1.5"], ["sampler.eta", "1.5", "[0, 1]"]),
+    (["sampler=ddim_eta1", "sampler.eta=1.5"], ["sampler.eta", "1.5", "[0, 1]"]),
     (["sampler.num_steps=5000"], ["num_steps", "5000", "1000"]),
     (["objective.target=noise"], ["objective", "noise", "eps", "x0", "v"]),
     (["optimizer.lr=-1"], ["optimizer.lr", "-1", "positive"]),

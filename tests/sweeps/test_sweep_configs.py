@@ -118,7 +118,7 @@ def test_optuna_minimises_the_key_the_fid_callback_logs(overrides):
     expected = protocol_key("fid", cfg.callbacks.fid.feature, sampler_key(sampler, cfg.schedule.num_timesteps), cfg.callbacks.fid.n)
     assert cfg.optimized_metric == expected and cfg.callbacks.fid.at_end
     if not overrides:
-        assert cfg.optimized_metric == "fid/digits/ddim50_eta1/n1000"
+        assert cfg.optimized_metric == "fid/digits/dpmpp2m_sde_nfe30/n1000"
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)

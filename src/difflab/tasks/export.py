@@ -46,7 +46,8 @@ EXPORTED = ("model_index.json", "unet", "scheduler", "README.md")
 
 
 def pipeline_kind(sampler: Any, requested: str = "auto") -> str:
-    """``ddpm`` or ``ddim``: the pipeline asked for, or (``auto``) the one of the run's sampler."""
+    """``ddpm`` or ``ddim``: the pipeline asked for, or (``auto``) the one of the run's sampler
+    (``ddim`` for a sampler with no pipeline of its own, e.g. DPM-Solver; the model card says so)."""
     requested = str(requested).lower()
     if requested in PIPELINES:
         return requested
@@ -56,10 +57,10 @@ def pipeline_kind(sampler: Any, requested: str = "auto") -> str:
         return "ddpm"
     if isinstance(sampler, DDIMSampler):
         return "ddim"
-    raise ConfigError(
-        f"the run's sampler {type(sampler).__name__} has no diffusers pipeline of its own; choose pipeline=ddim "
-        "or pipeline=ddpm (the weights and schedule are the same, only the pipeline's default sampler differs)"
-    )
+    log.warning("the run's sampler %s has no diffusers pipeline of its own; exporting a DDIMPipeline (pipeline=ddpm "
+                "for DDPMPipeline): the weights and the schedule are the run's, the pipeline's sampler is not",
+                type(sampler).__name__)
+    return "ddim"
 
 
 def _check_exportable(model: LoadedModel) -> None:
