@@ -233,3 +233,9 @@ def test_an_evaluation_can_have_its_own_n_on_the_short_budget_only():
     assert all("n" not in ev for ev in full.values())  # the full budget's n (4,500)
     with pytest.raises(ValueError, match="integer >= 2"):
         F.expand_evaluations([{"sampler": {"name": "ddim", "num_steps": 10}, "n": 1}])
+
+
+def test_the_suite_samples_with_ddim_50_eta_1_whatever_the_default_sampler():
+    """common.yaml pins the run's sampler, so results of different sessions are scored alike."""
+    cfg = F.Composer("short").compose([])
+    assert cfg.sampler._target_.endswith("DDIMSampler") and (cfg.sampler.num_steps, cfg.sampler.eta) == (50, 1.0)

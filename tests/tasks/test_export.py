@@ -169,6 +169,18 @@ def test_pipeline_choice_follows_the_sampler_unless_asked(tmp_path):
     assert "whose sampler differs from it" in (forced / "README.md").read_text()
 
 
+def test_a_sampler_without_a_pipeline_exports_as_ddim_and_the_card_says_so(tmp_path, caplog):
+    """The default sampler (SDE-DPM-Solver++ 2M) has no diffusers pipeline: auto gives a
+    DDIMPipeline with the run's betas, a warning and a model card that says the samplers differ."""
+    ckpt = make_checkpoint(tmp_path / "run.ckpt", [])  # the default sampler
+    with caplog.at_level("WARNING"):
+        out = export_pipeline(ckpt, tmp_path / "out")
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDIMPipeline"
+    assert "no diffusers pipeline of its own" in caplog.text
+    card = (out / "README.md").read_text()
+    assert "DPMSolverSampler" in card and "whose sampler differs from it" in card
+
+
 def test_reexport_replaces_the_folder_and_a_foreign_folder_is_refused(tmp_path):
     ckpt = make_checkpoint(tmp_path / "run.ckpt", DDIM)
     out = export_pipeline(ckpt, tmp_path / "out")
