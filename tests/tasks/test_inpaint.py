@@ -163,6 +163,23 @@ def test_task_inpaint_writes_results(tiny_ckpt, tmp_path):
     assert grid.shape[:2] == (5 * 30 + 2, 4 * 30 + 2)  # one row per input: masked input, mask, result, original
 
 
+def test_a_checkpoint_with_a_multistep_sampler_inpaints_with_ddim(tiny_ckpt, tmp_path, caplog):
+    """The default sampler (SDE-DPM-Solver++ 2M) cannot resample one step at a time: without
+    sampler=..., RePaint runs DDIM eta 1 at the checkpoint's step count, and says so."""
+    from difflab.utils.checkpoint import load_model
+
+    assert isinstance(load_model(tiny_ckpt).sampler, DPMSolverSampler)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        run_task(tiny_ckpt, out, "inpaint", "n=2", "task.jump_length=1", "task.jump_n_sample=1")
+    assert "inpaints with DDIM" in caplog.text
+    with np.load(out / "results.npz", allow_pickle=False) as f:
+        protocol = json.loads(str(f["protocol"]))
+        assert f["results"].shape == (2, 28, 28, 1)
+    text = json.dumps(protocol)
+    assert "difflab.samplers.ddim.DDIMSampler" in text and '"eta": 1.0' in text and '"num_steps": 2' in text
+
+
 @pytest.mark.parametrize("overrides,match", [
     (["task.mask=nope"], "not a preset"),
     (["task.jump_length=0"], "task.jump_length must be an integer >= 1"),

@@ -223,6 +223,23 @@ def repaint(
     return x
 
 
+def _fall_back_to_ddim(s: Any) -> None:
+    """RePaint resamples one step at a time: a checkpoint whose own sampler is multistep (the
+    default SDE-DPM-Solver++ 2M) inpaints with DDIM, eta 1 (the stochastic one-step sampler), at
+    its number of steps, spacing and clipping; ``sampler=ddim|ddpm`` chooses another."""
+    from omegaconf import OmegaConf
+
+    from difflab.build import build_sampler
+
+    old = s.sampler
+    node = {"_target_": "difflab.samplers.ddim.DDIMSampler", "num_steps": old.num_steps, "eta": 1.0,
+            "spacing": old.spacing, "clip_sample": bool(old.clip_sample), "clip_range": float(old.clip_range)}
+    s.sampler_cfg = OmegaConf.create(node)
+    s.sampler = build_sampler(s.sampler_cfg, s.model.process.num_timesteps)
+    log.warning("task=inpaint (RePaint) steps one timestep at a time; the checkpoint's %s is multistep, so it inpaints "
+                "with DDIM, %s steps, eta 1 (sampler=ddpm or sampler=ddim to choose)", type(old).__name__, old.num_steps)
+
+
 def _check_sampler(sampler: Sampler) -> None:
     if type(sampler).step is Sampler.step:
         raise ConfigError(
@@ -258,6 +275,8 @@ def _validate(task: Any) -> None:
 def run(cfg: Any) -> dict[str, Any]:
     """RePaint on the inputs; writes results.npz, grid.png (masked input, mask, result, original), metrics.json."""
     s = setup_task(cfg, _validate)
+    if type(s.sampler).step is Sampler.step and cfg.get("sampler") is None:
+        _fall_back_to_ddim(s)  # the checkpoint's sampler is multistep (e.g. the default SDE-DPM-Solver++)
     _check_sampler(s.sampler)
     model, T = s.model, s.model.process.num_timesteps
     task = cfg.task
