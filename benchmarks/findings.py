@@ -411,7 +411,6 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
             evaluators[count] = Evaluator(datamodule, "digits", ("fid", "kid"), count, str(cache_dir), device=device)
         return evaluators[count]
 
-    evaluator = evaluator_of(n)
     batch = int(settings["batch_size"])
     metrics: dict[str, Any] = {}
     for label, ev in run.evaluations.items():
@@ -467,10 +466,10 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
         metrics[label] = {"fid": res.scores[fid_key], "kid": res.scores[kid_key], "kid_std": res.values.get("kid_std"),
                           "nfe": res.protocol["nfe"], "key": fid_key, "n": ev_n, "sampler": repr(sampler), "weights": ev["weights"],
                           "seconds": time.perf_counter() - t0}
-    floor = dict(evaluator.floor() or {})
-    for count, other in evaluators.items():  # the floor at each other n an evaluation used
-        if count != n:
-            floor.update(other.floor() or {})
+    evaluator_of(n)  # the run's n has its floor even when every evaluation set its own n
+    floor: dict[str, float] = {}
+    for other in evaluators.values():  # the floor at each n an evaluation used (its key names n)
+        floor.update(other.floor() or {})
     del models
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -482,8 +481,10 @@ def _callback_score(run_dir: Path, step: int, sampler_config: str, n: int, seed:
     evaluation asked for: the same step, sampler (its repr), n, seed and batch, without guidance
     (the callback samples with the EMA weights when there are any, as ``load_model`` does); else
     None. Sample i is drawn from (seed, i) on both paths, so the figure would be the same."""
-    path = run_dir / "fid" / f"step_{int(step or 0):07d}.json"
-    if step is None or not path.is_file():
+    if step is None:
+        return None
+    path = run_dir / "fid" / f"step_{int(step):07d}.json"
+    if not path.is_file():
         return None
     rec = json.loads(path.read_text())
     proto = rec.get("protocol") or {}

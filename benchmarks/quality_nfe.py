@@ -116,13 +116,12 @@ def main() -> None:
         evaluator = Evaluator(datamodule, "digits", ("fid", "kid"), n, args.cache_dir or str(Path(tmp) / "real_stats"))
         T = model.process.num_timesteps
         decode = model.extra.get("decode")  # a latent model: score its decoded samples
+        from difflab.latent import clip_for_latents
         rows, results = [], []
         loads = [loadavg()]
         for name, entry in table_of.items():
             sampler = build_sampler(entry)
             if decode is not None:  # x_0 clipped to the training latents' range, as the run sampled
-                from difflab.latent import clip_for_latents
-
                 clip_for_latents(sampler, model.extra.get("clip_bound"))
             t0 = time.perf_counter()
             with eval_mode(model.backbone):

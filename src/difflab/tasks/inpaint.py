@@ -240,8 +240,14 @@ def _fall_back_to_ddim(s: Any) -> None:
                 "with DDIM, %s steps, eta 1 (sampler=ddpm or sampler=ddim to choose)", type(old).__name__, old.num_steps)
 
 
+def _multistep(sampler: Sampler) -> bool:
+    """True for a sampler without a one-step ``step`` (DPM-Solver, UniPC, Heun, ...): RePaint cannot
+    resample between its steps."""
+    return type(sampler).step is Sampler.step
+
+
 def _check_sampler(sampler: Sampler) -> None:
-    if type(sampler).step is Sampler.step:
+    if _multistep(sampler):
         raise ConfigError(
             f"task=inpaint (RePaint) needs a single-step sampler to resample between steps: sampler=ddpm or ddim "
             f"(with any eta), got {type(sampler).__name__}")
@@ -275,8 +281,8 @@ def _validate(task: Any) -> None:
 def run(cfg: Any) -> dict[str, Any]:
     """RePaint on the inputs; writes results.npz, grid.png (masked input, mask, result, original), metrics.json."""
     s = setup_task(cfg, _validate)
-    if type(s.sampler).step is Sampler.step and cfg.get("sampler") is None:
-        _fall_back_to_ddim(s)  # the checkpoint's sampler is multistep (e.g. the default SDE-DPM-Solver++)
+    if _multistep(s.sampler) and cfg.get("sampler") is None:
+        _fall_back_to_ddim(s)  # the checkpoint's own sampler (e.g. the default SDE-DPM-Solver++)
     _check_sampler(s.sampler)
     model, T = s.model, s.model.process.num_timesteps
     task = cfg.task
