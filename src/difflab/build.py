@@ -373,7 +373,21 @@ def build_callbacks(cfg: DictConfig) -> list[Any]:
         from lightning.pytorch.callbacks import ProgressBar
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    _check_emas(callbacks)
     return callbacks
+
+
+def _check_emas(callbacks: list[Any]) -> None:
+    """One unnamed EMA at most (its weights serve sampling), and distinct names for the others:
+    each is saved in the checkpoint under its name."""
+    from difflab.callbacks.ema import EMA
+
+    names = [c.name for c in callbacks if isinstance(c, EMA)]
+    doubled = [n for i, n in enumerate(names) if names.count(n) > 1 and names.index(n) == i]
+    if doubled:
+        what = ", ".join("the unnamed EMA" if d is None else f"name={d!r}" for d in doubled)
+        raise ConfigError(f"callbacks: two EMA callbacks share {what}; give each further EMA its own "
+                          "name (callbacks.<key>.name=...), the run's own EMA has none")
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

@@ -94,7 +94,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = _output_dir(cfg)
 
     # 2. the model, the sampler (the checkpoint's unless one is chosen) and the scorer
-    model = load_model(str(cfg.ckpt), use_ema=bool(cfg.use_ema))
+    ema = cfg.get("ema")
+    if ema is not None and (not isinstance(ema, str) or not cfg.use_ema):
+        raise ConfigError(f"ema={ema!r}: the name of a further EMA the run kept (a string), with use_ema=true; "
+                          "or ema=null for the run's own EMA")
+    model = load_model(str(cfg.ckpt), use_ema=bool(cfg.use_ema), ema=ema)
     if cfg.use_ema and not model.used_ema:
         log.warning("%s has no EMA weights; sampling with the raw weights", cfg.ckpt)
     sampler_cfg = _sampler_node(cfg, model.config["sampler"])
@@ -169,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 4. files
     protocol = {
         "checkpoint": str(cfg.ckpt), "global_step": model.global_step, "use_ema": model.used_ema, "n": n,
-        "seed": seed, "batch_size": batch_size, "device": device.type, **info,
+        **({} if ema is None else {"ema": ema}), "seed": seed, "batch_size": batch_size, "device": device.type, **info,
         "sampler_config": OmegaConf.to_container(sampler_cfg, resolve=True),
         "data": (model.config.get("data") or {}).get("_target_"), "image_shape": list(model.image_shape),
     }

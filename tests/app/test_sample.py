@@ -184,6 +184,8 @@ def test_checkpoint_of_another_architecture(tiny_ckpt, tmp_path, capsys):
         (["metrics=[fid]", "feature=resnet"], "accepted: digits, inception"),
         (["batch_size=0"], "batch_size must be an integer >= 1"),
         (["sampler=ddim", "sampler.num_steps=5000"], "num_timesteps=1000"),
+        (["ema=slow"], "has no EMA named 'slow' (it holds no named EMA)"),
+        (["ema=slow", "use_ema=false"], "with use_ema=true"),
     ],
 )
 def test_bad_arguments(tiny_ckpt, tmp_path, capsys, overrides, expected):

@@ -53,10 +53,18 @@ def test_evaluation_labels_name_the_protocol():
     assert set(ev) == {"ddim10", "ddim20", "dpmpp2m_nfe10", "dpmpp2m_nfe20", "unipc_nfe10", "unipc_nfe20",
                        "heun_karras_nfe9", "heun_karras_nfe19"}
     ema = F.expand_evaluations(F.load_spec("ema").evaluate)
-    assert set(ema) == {"ddim50_eta1", "ddim50_eta1_raw"} and ema["ddim50_eta1_raw"]["weights"] == "raw"
+    assert set(ema) == {"ddim50_eta1", "ddim50_eta1_raw", "ddim50_eta1_decay9999", "ddim50_eta1_decay999_nowarmup",
+                        "ddim50_eta1_decay9999_nowarmup"}
+    assert ema["ddim50_eta1_raw"]["weights"] == "raw" and ema["ddim50_eta1_decay9999"]["weights"] == "ema:decay9999"
+    # every further EMA the finding scores is kept by every findings run (common.yaml)
+    kept = F.named_emas()
+    assert kept[""] == {"decay": 0.999, "warmup": True}
+    assert kept["decay9999"] == {"decay": 0.9999, "warmup": True}
+    assert kept["decay9999_nowarmup"] == {"decay": 0.9999, "warmup": False}
+    assert {e["weights"][4:] for e in ema.values() if e["weights"].startswith("ema:")} <= set(kept)
     cfg = F.expand_evaluations(F.load_spec("guidance").evaluate)
     assert sorted(e["w"] for e in cfg.values()) == [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
-    with pytest.raises(ValueError, match="accepted: ema, raw"):
+    with pytest.raises(ValueError, match="accepted: ema, raw, ema:<name>"):
         F.expand_evaluations([{"sampler": {"name": "ddim", "num_steps": 10}, "weights": "swa"}])
     with pytest.raises(ValueError, match="sampler name 'dpm'"):
         F.expand_evaluations([{"sampler": {"name": "dpm", "num_steps": 10}}])
@@ -102,7 +110,7 @@ def test_cell_never_estimates():
 def _fake_result(root: Path, arm: str, seed: int, metrics: dict) -> None:
     path = root / "short" / arm / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": F.FORMAT, "arm": arm, "seed": seed, "metrics": metrics,
+    path.write_text(json.dumps({"format": F.FORMAT, "arm": arm, "seed": seed, "metrics": metrics, "global_step": 1500,
                                 "wandb": {"group": "findings-default" if arm == "default" else "findings-ema",
                                           "run_id": f"id{seed}"}}))
 
@@ -118,14 +126,21 @@ def test_report_from_results_only(tmp_path):
     for name in F.FINDINGS:
         assert f"python benchmarks/findings.py --finding {name}" in text
         assert f"+findings={name}" in text
-    # EMA: raw 10, 12, 14; EMA 0.999 5, 6, 7 (paired differences 5, 6, 7: holds); EMA 0.9999 the same
+    # EMA, all from the default arm's runs: raw 10, 12, 14; EMA 0.999 5, 6, 7 (paired differences
+    # 5, 6, 7: holds), EMA 0.9999 with warm-up the same; without warm-up 30+: worse than raw, but
+    # no direction is claimed for those, so the verdict stands
     for s in range(3):
-        m = {"ddim50_eta1": {"fid": 5.0 + s}, "ddim50_eta1_raw": {"fid": 10.0 + 2 * s}}
+        m = {"ddim50_eta1": {"fid": 5.0 + s}, "ddim50_eta1_raw": {"fid": 10.0 + 2 * s},
+             "ddim50_eta1_decay9999": {"fid": 5.0 + s}, "ddim50_eta1_decay999_nowarmup": {"fid": 20.0 + s},
+             "ddim50_eta1_decay9999_nowarmup": {"fid": 30.0 + s}}
         _fake_result(tmp_path / "res", "default", s, m)
-        _fake_result(tmp_path / "res", "callbacks.ema.decay=0.9999", s, m)
     text = F.write_report(tmp_path / "res", "short", out, tmp_path / "plots")
     ema = text.split("## 7.")[1]
-    assert "| raw | - | 12.00 ± 2.00 |" in ema and "| EMA 0.999 | 0.999 | 6.00 ± 1.00 |" in ema
+    # 1,500 steps: the warm-up's last decay is 1500 / 1509; without it, 0.9999^1500 of the init is left
+    assert "| raw | - | - | - | - | 12.00 ± 2.00 |" in ema
+    assert "| EMA 0.999 (the run's) | 0.999 | yes | 0.994 | " in ema and "| 6.00 ± 1.00 |" in ema
+    assert f"| EMA 0.9999, no warm-up | 0.9999 | no | 0.9999 | {0.9999 ** 1500:.2g} | 31.00 ± 1.00 |" in ema
+    assert "Reported, no direction claimed: FID ddim50_eta1_decay9999_nowarmup" in ema
     assert "**Verdict: reproduced.**" in ema and "`findings-default`" in ema
     assert (tmp_path / "plots" / "ema.png").is_file()
     # the other findings that use the default arm still lack figures or runs
@@ -142,16 +157,17 @@ def test_plan_shares_the_default_arm():
     assert arms["ddim_eta"][("trainer.max_steps=1500",)] == "default"
     assert arms["ddim_eta"][("trainer.max_steps=6000",)] == "trainer.max_steps=6000"
     # the default arm is scored for every finding it serves, once per label
-    assert {"bpd", "fid_curve", "ddim10_noclip", "dpmpp2m_nfe20", "ddim50_eta1_raw"} <= set(default[0].evaluations)
+    assert {"bpd", "fid_curve", "ddim10_noclip", "dpmpp2m_nfe20", "ddim50_eta1_raw",
+            "ddim50_eta1_decay9999_nowarmup"} <= set(default[0].evaluations)
     assert sorted({r.slug for r in runs}) == sorted([
         "default", "trainer.max_steps=6000", "schedule=linear", "objective.weighting=uniform", "objective=v",
-        "objective=x0", "conditioning=class", "callbacks.ema.decay=0.9999"])
+        "objective=x0", "conditioning=class"])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_quick_runs_the_pipeline_and_resumes(tmp_path):
-    """--quick trains 16 tiny runs, scores them, writes one JSON each and findings.md with a
+    """--quick trains 14 tiny runs, scores them, writes one JSON each and findings.md with a
     verdict per finding; run again, it skips every run and rewrites the same report."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "findings.py"), "--quick",
@@ -159,7 +175,7 @@ def test_quick_runs_the_pipeline_and_resumes(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     files = sorted((tmp_path / "findings" / "quick").glob("*/seed*.json"))
-    assert len(files) == 16
+    assert len(files) == 14
     rec = json.loads(files[0].read_text())
     assert {"config", "seed", "global_step", "metrics", "wandb", "command"} <= set(rec)
     assert rec["wandb"]["group"].startswith("findings-")
@@ -168,7 +184,7 @@ def test_quick_runs_the_pipeline_and_resumes(tmp_path):
     assert len(list((tmp_path / "findings" / "plots" / "quick").glob("*.png"))) == 7
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "0 of 16 runs to do" in again.stderr and again.stderr.count("skip ") == 16
+    assert "0 of 14 runs to do" in again.stderr and again.stderr.count("skip ") == 14
     assert (tmp_path / "findings.md").read_text() == text
 
 

@@ -88,9 +88,14 @@ def test_state_dict_round_trip_before_and_after_setup():
 
 
 def test_find_ema_and_bad_args():
-    ema = EMA()
-    assert find_ema(SimpleNamespace(callbacks=[object(), ema])) is ema
+    ema, slow = EMA(), EMA(decay=0.9999, name="slow")
+    assert find_ema(SimpleNamespace(callbacks=[object(), slow, ema])) is ema
+    assert find_ema(SimpleNamespace(callbacks=[ema, slow]), name="slow") is slow
+    assert find_ema(SimpleNamespace(callbacks=[slow])) is None
     assert find_ema(None) is None
+    assert (ema.state_key, slow.state_key) == ("EMA", "EMA:slow")
+    with pytest.raises(ValueError, match="name"):
+        EMA(name="a:b")
     with pytest.raises(ValueError, match="decay"):
         EMA(decay=1.0)
     with pytest.raises(ValueError, match="update_every"):
@@ -120,3 +125,24 @@ def test_ema_copy_of_a_compiled_backbone_runs_eagerly_on_its_own_weights(how):
     x = torch.randn(4, 3)
     assert torch.equal(copy_(x), torch.nn.functional.linear(x, copy_.weight, copy_.bias))
     assert not torch.equal(copy_.weight, net.weight)
+
+
+def test_a_named_ema_does_not_serve_sampling_and_is_found_in_the_checkpoint_by_name():
+    pl = _module()
+    served = []
+    pl.set_eval_backbone = served.append
+    own, slow = EMA(decay=0.9), EMA(decay=0.99, warmup=False, name="slow")
+    own.setup(None, pl, "fit")
+    slow.setup(None, pl, "fit")
+    assert served == [own.ema_model]  # the named one keeps its weights to itself
+    with torch.no_grad():
+        for p in pl.backbone.parameters():
+            p.add_(1.0)
+    own.update(pl.backbone)
+    slow.update(pl.backbone)
+    ckpt = {"callbacks": {own.state_key: own.state_dict(), slow.state_key: slow.state_dict()}}
+    w = ema_state_from_checkpoint(ckpt, "slow")["0.weight"]
+    # one update from the starting weights w0 to w0 + 1: w0 + (1 - d); d = 0.99 without warm-up, 0.1 with it
+    torch.testing.assert_close(w, slow.ema_model[0].weight)
+    torch.testing.assert_close(w - ema_state_from_checkpoint(ckpt)["0.weight"], torch.full_like(w, 0.01 - 0.9))
+    assert ema_state_from_checkpoint(ckpt, "fast") is None

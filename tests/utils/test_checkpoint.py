@@ -313,3 +313,47 @@ def test_init_from_with_ckpt_path_is_refused(tiny_ckpt):
         validate_config(compose_train([f"init_from={tiny_ckpt}", f"ckpt_path={tiny_ckpt}"]))
     with pytest.raises(ConfigError, match="init_from=/nope.ckpt: no such file"):
         validate_config(compose_train(["init_from=/nope.ckpt"]))
+
+
+def test_named_emas_are_kept_in_the_checkpoint_and_load_by_name(tmp_path):
+    """Further EMAs of one training run (named EMA callbacks) are saved under EMA:<name> and
+    loaded with ``ema=<name>``: one with the run's EMA settings has its very weights, one of decay 0
+    the raw weights; an unknown name is refused naming those the file has."""
+    from difflab.utils.checkpoint import ema_names, load_model
+
+    extra = [
+        "+callbacks.ema_same._target_=difflab.callbacks.ema.EMA", "+callbacks.ema_same.name=same",
+        "+callbacks.ema_same.decay=0.999", "+callbacks.ema_same.warmup=false",
+        "+callbacks.ema_raw._target_=difflab.callbacks.ema.EMA", "+callbacks.ema_raw.name=zero",
+        "+callbacks.ema_raw.decay=0.0", "+callbacks.ema_raw.warmup=false",
+    ]
+    from difflab.train import run
+
+    run(compose_train([*TINY_RUN, *extra], output_dir=str(tmp_path)))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(path)
+    assert ema_names(ckpt) == ["same", "zero"]
+    assert ckpt["callbacks"]["EMA:zero"]["num_updates"] == ckpt["callbacks"]["EMA"]["num_updates"] == 2
+    own, same, zero = load_model(path), load_model(path, ema="same"), load_model(path, ema="zero")
+    raw = load_model(path, use_ema=False)
+    assert same.used_ema and same.ema_name == "same" and own.ema_name is None
+    for k, v in own.backbone.state_dict().items():
+        assert torch.equal(same.backbone.state_dict()[k], v), k
+        torch.testing.assert_close(zero.backbone.state_dict()[k], raw.backbone.state_dict()[k], rtol=0, atol=1e-6)
+    w = "input_conv.weight"
+    assert not torch.allclose(own.backbone.state_dict()[w], raw.backbone.state_dict()[w])
+    with pytest.raises(CheckpointError, match=r"no EMA named 'slow' \(it holds 'same', 'zero'\)"):
+        load_model(path, ema="slow")
+
+
+def test_two_emas_of_one_name_are_refused():
+    from difflab.build import build_callbacks
+    from difflab.errors import ConfigError
+
+    cfg = compose_train([*TINY_RUN, "+callbacks.ema_b._target_=difflab.callbacks.ema.EMA"])
+    with pytest.raises(ConfigError, match="share the unnamed EMA"):
+        build_callbacks(cfg)
+    cfg = compose_train([*TINY_RUN, "+callbacks.ema_b._target_=difflab.callbacks.ema.EMA", "+callbacks.ema_b.name=x",
+                         "+callbacks.ema_c._target_=difflab.callbacks.ema.EMA", "+callbacks.ema_c.name=x"])
+    with pytest.raises(ConfigError, match="share name='x'"):
+        build_callbacks(cfg)

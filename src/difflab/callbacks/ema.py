@@ -5,6 +5,12 @@ decay 0.9999). It lives in this callback, is saved in every checkpoint under
 ``checkpoint["callbacks"]["EMA"]`` together with the update count, and is restored on
 resume. Under DDP every rank applies the same update to the same (all-reduced) weights,
 so the EMA weights are identical on all ranks without any communication.
+
+A run may keep further EMAs of the same training trajectory, each a named EMA callback
+(``name``: e.g. ``callbacks.ema_slow={_target_: difflab.callbacks.ema.EMA, name: slow,
+decay: 0.9999}``): they are saved in the checkpoint under ``EMA:<name>`` and sampled with
+``load_model(ckpt, ema="slow")`` (``python sample.py ... ema=slow``), while the unnamed one
+serves the grids, validation and FID. One training run then compares several decays, paired.
 """
 
 from __future__ import annotations
@@ -40,17 +46,23 @@ class EMA(Callback):
         warmup: ramp the decay up from 0.1 (see :func:`ema_decay_at`).
         update_every: update every this many optimizer steps.
         start_step: do not update before this global step (the EMA copies the weights then).
+        name: ``None`` for the run's EMA (its weights serve sampling, validation and FID); a name
+            for a further EMA kept only in the checkpoint (``checkpoint["callbacks"]["EMA:<name>"]``).
     """
 
     state_key_name = EMA_STATE_KEY
 
-    def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0) -> None:
+    def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0,
+                 name: str | None = None) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay must be in [0, 1), got {decay}")
         if update_every < 1:
             raise ValueError(f"callbacks.ema.update_every must be >= 1, got {update_every}")
         if start_step < 0:
             raise ValueError(f"callbacks.ema.start_step must be >= 0, got {start_step}")
+        if name is not None and (not isinstance(name, str) or not name or ":" in name or "/" in name):
+            raise ValueError(f"callbacks.*.name of an EMA must be a non-empty word without ':' or '/', got {name!r}")
+        self.name = name
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.update_every = int(update_every)
@@ -62,14 +74,14 @@ class EMA(Callback):
 
     @property
     def state_key(self) -> str:
-        return self.state_key_name
+        return self.state_key_name if self.name is None else f"{self.state_key_name}:{self.name}"
 
     # ------------------------------------------------------------------ life cycle
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.ema_model is None:
             self.ema_model = uncompiled_copy(pl_module.backbone).eval().requires_grad_(False)
         self.ema_model.to(pl_module.device)
-        if hasattr(pl_module, "set_eval_backbone"):  # validation and the sampling callbacks use it
+        if self.name is None and hasattr(pl_module, "set_eval_backbone"):  # validation and the sampling callbacks use it
             pl_module.set_eval_backbone(self.ema_model)
         if self._pending_state is not None:
             self._load(self._pending_state)
@@ -84,7 +96,6 @@ class EMA(Callback):
             # init_from (utils.checkpoint.init_weights_from) from the file's EMA weights.
             initial = getattr(pl_module, "initial_ema_state", None)
             self.ema_model.load_state_dict(initial if initial is not None else pl_module.backbone.state_dict())
-            pl_module.initial_ema_state = None  # used once; a second fit continues this EMA
         self._last_global_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
@@ -147,11 +158,11 @@ def uncompiled_copy(model: nn.Module) -> nn.Module:
     return copy_
 
 
-def find_ema(trainer: L.Trainer | None) -> EMA | None:
-    """The EMA callback of a trainer, if it has one."""
+def find_ema(trainer: L.Trainer | None, name: str | None = None) -> EMA | None:
+    """The EMA callback of a trainer (the unnamed one, or the one called ``name``), if it has one."""
     if trainer is None:
         return None
     for cb in trainer.callbacks:
-        if isinstance(cb, EMA):
+        if isinstance(cb, EMA) and cb.name == name:
             return cb
     return None

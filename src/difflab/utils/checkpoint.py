@@ -36,6 +36,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "check_same_model",
     "checkpoint_config",
+    "ema_names",
     "ema_state_from_checkpoint",
     "export_safetensors",
     "init_weights_from",
@@ -118,6 +119,7 @@ class LoadedModel:
     global_step: int | None = None
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    ema_name: str | None = None  # which further EMA (a named EMA callback) the weights are; None: the run's own
 
 
 def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
@@ -139,10 +141,18 @@ def _strip_compiled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace(_COMPILED_PREFIX, ""): v for k, v in state.items()}
 
 
-def ema_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The EMA backbone weights stored in a checkpoint dict, or None if it has none."""
-    state = checkpoint.get("callbacks", {}).get(EMA_STATE_KEY)
+def ema_state_from_checkpoint(checkpoint: dict[str, Any], name: str | None = None) -> dict[str, torch.Tensor] | None:
+    """The EMA backbone weights stored in a checkpoint dict (the run's own EMA, or the further EMA
+    called ``name``), or None if it has none."""
+    key = EMA_STATE_KEY if name is None else f"{EMA_STATE_KEY}:{name}"
+    state = (checkpoint.get("callbacks") or {}).get(key)
     return state.get("state_dict") if state else None
+
+
+def ema_names(checkpoint: dict[str, Any]) -> list[str]:
+    """The names of the further EMAs a checkpoint holds (named EMA callbacks)."""
+    prefix = f"{EMA_STATE_KEY}:"
+    return sorted(k[len(prefix):] for k, v in (checkpoint.get("callbacks") or {}).items() if k.startswith(prefix) and v)
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:
@@ -188,7 +198,16 @@ def check_same_model(ckpt: dict[str, Any], cfg: Any, source: str) -> None:
         )
 
 
-def _backbone_state(ckpt: dict[str, Any], use_ema: bool) -> tuple[dict[str, torch.Tensor], bool]:
+def _backbone_state(ckpt: dict[str, Any], use_ema: bool, ema: str | None = None,
+                    source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], bool]:
+    if ema is not None:  # a further EMA, asked for by name: there is no fallback to other weights
+        state = ema_state_from_checkpoint(ckpt, ema)
+        if not state:
+            names = ema_names(ckpt)
+            have = f"it holds {', '.join(repr(n) for n in names)}" if names else "it holds no named EMA"
+            raise CheckpointError(f"{source} has no EMA named {ema!r} ({have}); train with an EMA callback of that name, "
+                                  "or leave ema unset for the run's own EMA")
+        return _strip_compiled(state), True
     if use_ema:
         ema = ema_state_from_checkpoint(ckpt)
         if ema:
@@ -248,18 +267,20 @@ def _image_shape(ckpt: dict[str, Any], config: dict[str, Any]) -> tuple[int, ...
     raise CheckpointError("the checkpoint stores no image shape (difflab.image_shape) and no data config")
 
 
-def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, source: str = "checkpoint") -> LoadedModel:
+def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, source: str = "checkpoint",
+                                ema: str | None = None) -> LoadedModel:
     """Rebuild process, objective, sampler and backbone from the checkpoint's stored config.
 
     The backbone gets the EMA weights (``checkpoint["callbacks"]["EMA"]["state_dict"]``) when
     ``use_ema`` and the checkpoint has them, else the raw ``backbone.*`` weights of
-    ``state_dict``; ``LoadedModel.used_ema`` says which. The backbone is returned in eval mode
-    on the CPU.
+    ``state_dict``; ``LoadedModel.used_ema`` says which. ``ema`` names a further EMA the run
+    kept (a named EMA callback, ``checkpoint["callbacks"]["EMA:<name>"]``): its weights, or a
+    CheckpointError naming the EMAs the file has. The backbone is returned in eval mode on the CPU.
     """
     config = checkpoint_config(ckpt, source)
     betas = (ckpt.get("state_dict") or {}).get("process.betas")  # the schedule it was trained with
     process, objective, sampler, backbone = _build_parts(config, source, betas)
-    state, used_ema = _backbone_state(ckpt, use_ema)
+    state, used_ema = _backbone_state(ckpt, use_ema, ema, source)
     if not state:
         raise CheckpointError(f"{source} holds no backbone weights (no EMA state and no backbone.* in state_dict)")
     fix = (
@@ -279,6 +300,7 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, sour
         global_step=ckpt.get("global_step"),
         source=source,
         extra=_latent_extra(ckpt, config, sampler, source),
+        ema_name=ema,
     )
 
 
@@ -333,12 +355,15 @@ def _latent_extra(ckpt: dict[str, Any], config: dict[str, Any], sampler: Sampler
             "clip_bound": clip_bound}
 
 
-def load_model(path: str | Path, use_ema: bool = True) -> LoadedModel:
-    """A model from a ``.ckpt`` (:func:`load_checkpoint`) or an exported ``.safetensors`` file."""
+def load_model(path: str | Path, use_ema: bool = True, ema: str | None = None) -> LoadedModel:
+    """A model from a ``.ckpt`` (:func:`load_checkpoint`) or an exported ``.safetensors`` file;
+    ``ema`` names a further EMA of the run (see :func:`build_model_from_checkpoint`)."""
     path = Path(path).expanduser()
     if path.suffix == ".safetensors":
+        if ema is not None:
+            raise CheckpointError(f"{path} is exported weights (one set); ema={ema!r} needs the run's .ckpt")
         return model_from_safetensors(path)
-    return build_model_from_checkpoint(load_checkpoint(path), use_ema=use_ema, source=f"checkpoint {path}")
+    return build_model_from_checkpoint(load_checkpoint(path), use_ema=use_ema, source=f"checkpoint {path}", ema=ema)
 
 
 # --------------------------------------------------------------------------- safetensors export
