@@ -302,9 +302,18 @@ def expand_evaluations(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
             raise ValueError(f"n {n!r} in a findings spec: an integer >= 2 (samples per score)")
         extra = {} if n is None else {"n": int(n)}
+        feature = entry.get("feature", "digits")  # another feature space: its label ends in _<feature>
+        if feature != "digits":
+            from difflab.metrics.features import available_feature_extractors
+
+            if feature not in available_feature_extractors():
+                raise ValueError(f"feature {feature!r} in a findings spec; accepted: {', '.join(available_feature_extractors())}")
+            if scales is not None:
+                raise ValueError("a guidance evaluation scores class accuracy with the digits network: leave feature unset")
+            extra["feature"] = feature
         for options in _sampler_options(entry["sampler"]):
             for w in weights if isinstance(weights, list) else [weights]:
-                label = sampler_label(options) + _weights_suffix(w)
+                label = sampler_label(options) + _weights_suffix(w) + ("" if feature == "digits" else f"_{feature}")
                 if scales is None:
                     out[label] = {"kind": "fid", "sampler": options, "weights": w, **extra}
                 else:
@@ -418,10 +427,10 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
     datamodule = hydra.utils.instantiate(config["data"])
     evaluators: dict[int, Any] = {}
 
-    def evaluator_of(count: int):
-        if count not in evaluators:
-            evaluators[count] = Evaluator(datamodule, "digits", ("fid", "kid"), count, str(cache_dir), device=device)
-        return evaluators[count]
+    def evaluator_of(count: int, feature: str = "digits"):
+        if (count, feature) not in evaluators:
+            evaluators[(count, feature)] = Evaluator(datamodule, feature, ("fid", "kid"), count, str(cache_dir), device=device)
+        return evaluators[(count, feature)]
 
     batch = int(settings["batch_size"])
     metrics: dict[str, Any] = {}
@@ -453,7 +462,8 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
         m = model(ev["weights"])
         sampler = build_sampler(ev["sampler"])
         ev_n = int(ev.get("n", n))
-        if ev["kind"] == "fid" and ev["weights"] == "ema":
+        feature = ev.get("feature", "digits")
+        if ev["kind"] == "fid" and ev["weights"] == "ema" and feature == "digits":
             again = _callback_score(run_dir, m.global_step, repr(sampler), ev_n, run.seed, batch)
             if again is not None:  # the FID callback drew and scored these very samples at the end
                 metrics[label] = {**again, "sampler": repr(sampler), "weights": "ema", "seconds": 0.0}
@@ -472,12 +482,13 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
                                   "nfe": row["nfe"], "key": row["fid_key"], "w": ev["w"], "n": ev_n, "sampler": repr(sampler),
                                   "weights": ev["weights"], "seconds": time.perf_counter() - t0}
                 continue
-            res = evaluate(m.backbone, m.process, sampler, m.objective.target, evaluator_of(ev_n), run.seed, batch, device)
+            res = evaluate(m.backbone, m.process, sampler, m.objective.target, evaluator_of(ev_n, feature), run.seed, batch,
+                           device)
         fid_key = next(k for k in res.scores if k.startswith("fid/"))
         kid_key = next(k for k in res.scores if k.startswith("kid/"))
         metrics[label] = {"fid": res.scores[fid_key], "kid": res.scores[kid_key], "kid_std": res.values.get("kid_std"),
                           "nfe": res.protocol["nfe"], "key": fid_key, "n": ev_n, "sampler": repr(sampler), "weights": ev["weights"],
-                          "seconds": time.perf_counter() - t0}
+                          "feature": feature, "seconds": time.perf_counter() - t0}
     evaluator_of(n)  # the run's n has its floor even when every evaluation set its own n
     floor: dict[str, float] = {}
     for other in evaluators.values():  # the floor at each n an evaluation used (its key names n)
@@ -696,7 +707,9 @@ def _sampler_rows(spec: Spec) -> list[tuple[str, dict[str, Any]]]:
 
 def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
     seeds = spec.seeds
-    evs = _sampler_rows(spec)
+    every = _sampler_rows(spec)
+    evs = [(lab, ev) for lab, ev in every if ev.get("feature", "digits") == "digits"]
+    other = [(lab, ev) for lab, ev in every if ev.get("feature", "digits") != "digits"]
     etas = sorted({float(ev["sampler"]["eta"]) for _, ev in evs})
     steps = sorted({int(ev["sampler"]["num_steps"]) for _, ev in evs})
     clips = [c for c in (True, False) if any(bool(ev["sampler"].get("clip_sample", True)) == c for _, ev in evs)]
@@ -720,6 +733,20 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                 claims.append(c)  # the paper's setting: clipped, the budget's checkpoint, the fewest steps
             else:
                 notes.append("Investigation, " + c.test()[1])
+        # the same question in another feature space: the spec's cells (eta, steps) scored there
+        spaces = sorted({ev["feature"] for _, ev in other})
+        for space in spaces:
+            cells = {(float(ev["sampler"]["eta"]), int(ev["sampler"]["num_steps"])): lab for lab, ev in other
+                     if ev["feature"] == space and bool(ev["sampler"].get("clip_sample", True))}
+            for st in sorted({s_ for _, s_ in cells}):
+                es = sorted(e for e, s_ in cells if s_ == st)
+                if len(es) < 2:
+                    continue
+                lo, hi = es[0], es[-1]
+                c = Claim(f"{length} steps, clip on, {st} sampling steps, {space} features: FD(eta {hi:g}) - FD(eta {lo:g})",
+                          res.values(slug, seeds, cells[(lo, st)]), res.values(slug, seeds, cells[(hi, st)]), True)
+                notes.append("Investigation, " + c.test()[1] + " (" + ", ".join(
+                    f"eta {e:g}: {cell(list(res.values(slug, seeds, cells[(e, st)]).values()))}" for e in es) + ")")
     return Section(["training steps", "clip x0", "sampling steps", *(f"FID eta {e:g}" for e in etas)], rows, panels, claims,
                    notes)
 
@@ -962,13 +989,19 @@ def budget_line(spec: Spec, budget: str, composer: Composer) -> str:
                      f"(`{cfg.sampler._target_.rsplit('.', 1)[-1]}`, {cfg.sampler.num_steps} steps, eta {cfg.sampler.eta:g})")
     if "bpd" in evs:
         parts.append(f"bits/dim on {spec.settings['bpd_n']} val digits (dopri5, rtol {spec.settings['bpd_rtol']:g}, Hutchinson)")
-    samplers = [lab for lab in evs if lab not in ("bpd", "fid_curve")]
-    own_n = sorted({int(ev["n"]) for ev in expand_evaluations(spec.evaluate).values() if "n" in ev})
+    expanded = expand_evaluations(spec.evaluate)
+    samplers = [lab for lab in evs if lab not in ("bpd", "fid_curve") and "feature" not in expanded[lab]]
+    own_n = sorted({int(ev["n"]) for ev in expanded.values() if "n" in ev})
     at_n = f" at n = {' and '.join(f'{k:,}' for k in own_n)} (against as many training digits)" if own_n else ""
     if len(samplers) > 8:
         parts.append(f"{len(samplers)} sampler settings, the table's grid (`{samplers[0]}` to `{samplers[-1]}`){at_n}")
     elif samplers:
         parts.append(f"samplers: {', '.join(f'`{s}`' for s in samplers)}{at_n}")
+    spaces = sorted({ev["feature"] for ev in expanded.values() if "feature" in ev})
+    for space in spaces:
+        labs = [lab for lab, ev in expanded.items() if ev.get("feature") == space]
+        parts.append(f"in {space} features too (Frechet distance and KID, no network for pixels): "
+                     + ", ".join(f"`{lab}`" for lab in labs))
     return "; ".join(parts)
 
 

@@ -42,8 +42,12 @@ def test_budgets_change_the_grid_and_the_evaluations():
     assert full.params["callbacks.fid.n"] == ["4500"]
     assert quick.params["seed"] == ["0", "1"] and quick.params["trainer.max_steps"] == ["4", "8"]
     labels = F.expand_evaluations(short.evaluate)
-    # 4 steps x 4 etas x clip on/off, each named by its protocol part (+ _noclip)
-    assert len(labels) == 32
+    # 4 steps x 4 etas x clip on/off, each named by its protocol part (+ _noclip), and the 10-step
+    # cells of eta 0 and 1 again in pixel features
+    assert len(labels) == 34
+    assert labels["ddim10_eta1_pixels"] == {"kind": "fid", "sampler": {"name": "ddim", "num_steps": 10, "eta": 1.0},
+                                            "weights": "ema", "n": 500, "feature": "pixels"}
+    assert "feature" not in labels["ddim10_eta1"]
     assert {"ddim10", "ddim10_noclip", "ddim10_eta0.2", "ddim100_eta1_noclip"} <= set(labels)
     assert labels["ddim10_eta0.5_noclip"]["sampler"] == {"name": "ddim", "num_steps": 10, "eta": 0.5, "clip_sample": False}
 
@@ -66,6 +70,8 @@ def test_evaluation_labels_name_the_protocol():
     assert sorted(e["w"] for e in cfg.values()) == [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
     with pytest.raises(ValueError, match="accepted: ema, raw, ema:<name>"):
         F.expand_evaluations([{"sampler": {"name": "ddim", "num_steps": 10}, "weights": "swa"}])
+    with pytest.raises(ValueError, match="feature 'clip' in a findings spec; accepted: digits, inception, pixels"):
+        F.expand_evaluations([{"sampler": {"name": "ddim", "num_steps": 10}, "feature": "clip"}])
     with pytest.raises(ValueError, match="sampler name 'dpm'"):
         F.expand_evaluations([{"sampler": {"name": "dpm", "num_steps": 10}}])
 
@@ -132,7 +138,8 @@ def test_report_from_results_only(tmp_path):
     for s in range(3):
         m = {"ddim50_eta1": {"fid": 5.0 + s}, "ddim50_eta1_raw": {"fid": 10.0 + 2 * s},
              "ddim50_eta1_decay9999": {"fid": 5.0 + s}, "ddim50_eta1_decay999_nowarmup": {"fid": 20.0 + s},
-             "ddim50_eta1_decay9999_nowarmup": {"fid": 30.0 + s}}
+             "ddim50_eta1_decay9999_nowarmup": {"fid": 30.0 + s},
+             "ddim10_pixels": {"fid": 4.0 + s}, "ddim10_eta1_pixels": {"fid": 3.0 + s}}
         _fake_result(tmp_path / "res", "default", s, m)
     text = F.write_report(tmp_path / "res", "short", out, tmp_path / "plots")
     ema = text.split("## 7.")[1]
@@ -142,6 +149,9 @@ def test_report_from_results_only(tmp_path):
     assert f"| EMA 0.9999, no warm-up | 0.9999 | no | 0.9999 | {0.9999 ** 1500:.2g} | 31.00 ± 1.00 |" in ema
     assert "Reported, no direction claimed: FID ddim50_eta1_decay9999_nowarmup" in ema
     assert "**Verdict: reproduced.**" in ema and "`findings-default`" in ema
+    ddim = text.split("## 1.")[1].split("## 2.")[0]  # finding 1's feature-space question, from the same runs
+    assert ("Investigation, 1500 steps, clip on, 10 sampling steps, pixels features: FD(eta 1) - FD(eta 0): difference "
+            "-1 ± 0 SE (paired over 3 seeds), reversed (eta 0: 5.00 ± 1.00, eta 1: 4.00 ± 1.00)") in ddim
     assert (tmp_path / "plots" / "ema.png").is_file()
     # the other findings that use the default arm still lack figures or runs
     assert text.split("## 2.")[1].split("## 3.")[0].count("**Verdict: not run yet.**") == 1
@@ -204,7 +214,8 @@ def test_run_cost_counts_every_image_through_the_network():
     assert linear["callback_image_nfe"] == 1000 * 50  # no curve: at the end alone
     assert linear["evaluation_image_nfe"] == 1000 * (10 + 50) and linear["bpd_images"] == 100
     grid = sum(steps * 4 * 2 for steps in (10, 20, 50, 100))  # 4 etas x clipped or not, at n = 500
-    assert F.run_cost(by_slug["trainer.max_steps=6000"], composer)["evaluation_image_nfe"] == 500 * grid
+    pixels = 10 + 10  # eta 0 and 1 at 10 steps, in pixel features
+    assert F.run_cost(by_slug["trainer.max_steps=6000"], composer)["evaluation_image_nfe"] == 500 * (grid + pixels)
     assert F.run_cost(by_slug["objective.weighting=uniform"], composer)["evaluation_image_nfe"] == 0
 
 
@@ -244,7 +255,7 @@ def test_runs_without_a_curve_score_at_the_end_only_and_reuse_that_score(tmp_pat
 
 def test_an_evaluation_can_have_its_own_n_on_the_short_budget_only():
     short = F.expand_evaluations(F.load_spec("ddim_eta", "short").evaluate)
-    assert len(short) == 32 and {ev["n"] for ev in short.values()} == {500}
+    assert len(short) == 34 and {ev["n"] for ev in short.values()} == {500}
     full = F.expand_evaluations(F.load_spec("ddim_eta", "full").evaluate)
     assert all("n" not in ev for ev in full.values())  # the full budget's n (4,500)
     with pytest.raises(ValueError, match="integer >= 2"):

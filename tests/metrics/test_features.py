@@ -198,3 +198,40 @@ def test_inception_runs_from_a_local_weights_file(tmp_path, monkeypatch):
     np.testing.assert_allclose(net.extract(grey.repeat(1, 3, 1, 1)), f, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="to_uint8"):
         net.extract(grey.float())
+
+
+# --- pixels -------------------------------------------------------------------------------
+
+
+def test_pixels_are_2x2_block_means_of_the_grey_image(mnist_val):
+    x = torch.from_numpy(mnist_val[0][:5])
+    f = build_feature_extractor("pixels")
+    out = f(x)
+    ref = (x.double() / 127.5 - 1.0).reshape(5, 14, 2, 14, 2).mean(dim=(2, 4)).reshape(5, 196)
+    assert out.shape == (5, 196) and f.feature_dim == 196
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-6)
+    rgb = x.repeat(1, 3, 1, 1)  # a grey image as RGB: the same features (the luma weights sum to 1)
+    torch.testing.assert_close(f(rgb), out, rtol=0, atol=1e-5)
+    padded = F.pad(x, (2, 2, 2, 2))  # any size is area-averaged to 14x14
+    assert f(padded).shape == (5, 196)
+    with pytest.raises(ValueError, match="no weights"):
+        build_feature_extractor("pixels", weights_path="w.safetensors")
+
+
+def test_pixel_frechet_distance_tells_real_halves_from_faded_digits(mnist_train):
+    """Two random halves of the training digits are close in pixels; the same digits at half
+    intensity are far: the Frechet distance of the pooled pixels sees the images themselves."""
+    import scipy.linalg
+
+    x = mnist_train[0]
+    idx = np.random.default_rng(0).permutation(len(x))[:1500]
+    f = build_feature_extractor("pixels")
+    a, b = f.extract(x[idx[:750]]), f.extract(x[idx[750:]])
+    faded = f.extract((x[idx[750:]] // 2).astype(np.uint8))
+
+    def fd(u, v):
+        s1, s2 = np.cov(u, rowvar=False), np.cov(v, rowvar=False)
+        return float(((u.mean(0) - v.mean(0)) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real))
+
+    near, far = fd(a, b), fd(a, faded)
+    assert near < 2.5 and far > 10 * near, (near, far)

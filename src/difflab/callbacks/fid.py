@@ -56,7 +56,7 @@ class FID(Callback):
         at_end: score when training ends.
         n: number of generated samples, over all ranks together; also the n of the real
             reference statistics and of the data floor.
-        feature: the feature network (``digits`` | ``inception``).
+        feature: the feature network (``digits`` | ``inception`` | ``pixels``).
         weights_path: a local weights file of the feature network (default: the shipped
             digits weights / the torch hub cache for inception; nothing is downloaded then).
         metrics: any of ``fid``, ``kid``.

@@ -66,7 +66,7 @@ class NFETable(Callback):
         samplers: entries ``{name: <a sampler of the sampler group>, num_steps: int | null,
             **sampler options}``; ``num_steps: null`` means all T steps.
         n: samples per entry (also the real reference size, capped by the training split).
-        feature: feature network, ``digits`` or ``inception``.
+        feature: feature network, ``digits``, ``inception`` or ``pixels``.
         metrics: any of ``fid``, ``kid``.
         seed: sample i of every entry is drawn from a generator seeded by (seed, i).
         batch_size: samples per batch, per rank.

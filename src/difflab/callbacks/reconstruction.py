@@ -81,7 +81,7 @@ class ReconstructionFID(Callback):
         at_end: score when training ends.
         n: validation images reconstructed (at most the val split); also the n of the real
             reference and of the floor.
-        feature: the feature network (``digits`` | ``inception``).
+        feature: the feature network (``digits`` | ``inception`` | ``pixels``).
         weights_path: a local weights file of the feature network.
         batch_size: images per reconstruction batch.
         real_seed: chooses the real reference images.

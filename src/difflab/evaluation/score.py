@@ -162,7 +162,7 @@ class Evaluator:
 
     Args:
         data: a data module with ``name``, ``image_shape`` and ``real_images(split, n, seed)``.
-        feature: the feature network, ``digits`` or ``inception``.
+        feature: the feature network, ``digits``, ``inception`` or ``pixels``.
         metrics: any of ``fid``, ``kid``.
         n: samples per score (and the size of the real reference, capped by the training split).
         cache_dir: real statistics are cached here (None: not cached).

@@ -14,6 +14,9 @@ Available networks (``build_feature_extractor(name)``):
 - ``inception``: :class:`InceptionFeatures`, the standard InceptionV3 pool3 (2048-d) features of
   FID (Heusel et al. 2017), through torch-fidelity. Its weights are downloaded once into the
   torch hub cache, or passed as ``weights_path``.
+- ``pixels``: :class:`PixelFeatures`, no network: the grey image average-pooled to 14x14 (196-d),
+  in [-1, 1]. A learned-feature-free check of a trend seen in another feature space (a Frechet
+  distance of pixels is a weak metric of its own: it sees mean and covariance of intensities).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureWeightsNotFoundError",
     "InceptionFeatures",
+    "PixelFeatures",
     "available_feature_extractors",
     "build_feature_extractor",
     "inception_weights_cache_path",
@@ -423,12 +427,51 @@ class InceptionFeatures(FeatureExtractor):
 
 
 # ---------------------------------------------------------------------------------------
+# pixels: no network
+# ---------------------------------------------------------------------------------------
+
+
+class PixelFeatures(FeatureExtractor):
+    """``pixels``: grey intensities average-pooled to 14x14 (196-d), in [-1, 1].
+
+    No learned weights: a feature space no classifier shaped, to tell whether a difference seen
+    in ``digits`` (or ``inception``) features shows in the images themselves. RGB is converted
+    to grey (ITU-R BT.601 luma); any size is area-averaged to 14x14 (28x28 digits: 2x2 blocks).
+    """
+
+    name = "pixels"
+    feature_dim = 14 * 14
+
+    def __init__(self, weights_path: str | Path | None = None) -> None:
+        super().__init__()
+        if weights_path is not None:
+            raise ValueError("the pixels features have no weights; leave weights_path unset")
+        self.register_buffer("version", torch.tensor([1, 14, 14]))  # the definition, in the cache key
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.version.device
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = _as_uint8_batch(images).to(self.device).float()
+        c = x.shape[1]
+        if c == 3:
+            x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        elif c != 1:
+            raise ValueError(f"the pixels features take 1 (grey) or 3 (RGB) channels, got {c}")
+        x = F.adaptive_avg_pool2d(x.div(127.5).sub(1.0), (14, 14))
+        return x.flatten(1)
+
+
+# ---------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, type[FeatureExtractor]] = {
     DigitFeatures.name: DigitFeatures,
     InceptionFeatures.name: InceptionFeatures,
+    PixelFeatures.name: PixelFeatures,
 }
 
 
@@ -442,7 +485,7 @@ def build_feature_extractor(
     device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> FeatureExtractor:
-    """Build the feature network ``name`` (``digits`` | ``inception``), frozen, in eval mode."""
+    """Build the feature network ``name`` (``digits`` | ``inception`` | ``pixels``), frozen, in eval mode."""
     if name not in _REGISTRY:
         raise ValueError(
             f"unknown feature network {name!r}; available: {', '.join(available_feature_extractors())}"
