@@ -186,7 +186,10 @@ def _read_folder(root: Path, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
-def _read_npz(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, np.ndarray]]:
+def _read_npz(path: Path, accepted: list[tuple[int, int, int]]
+              ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, np.ndarray]]:
+    """An .npz's 'images' (and 'labels' and any other arrays); of the accepted (C, H, W), the
+    images take the one they match (the first one when they match none, for the error)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -195,7 +198,9 @@ def _read_npz(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, to
     if "images" not in arrays:
         raise ConfigError(f"task.input={path} holds no 'images' array (it holds {sorted(arrays)})")
     x = arrays.pop("images")
-    c, h, w = shape
+    shp = x.shape
+    c, h, w = next((a for a in accepted if len(shp) == 4 and (shp[1:] == (a[1], a[2], a[0]) or shp[1:] == a)),
+                   accepted[0])
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ConfigError(f"task.input={path}: 'images' must be uint8 (N, H, W, C) or (N, C, H, W), got {x.dtype} {x.shape}")
     if x.shape[1:] == (h, w, c):
@@ -210,25 +215,21 @@ def _read_npz(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, to
 
 
 def _first_shape(path: Path, accepted: list[tuple[int, int, int]]) -> tuple[int, int, int]:
-    """Of the accepted (C, H, W), the one the first image of a folder or .npz has (the readers
-    then check every image against it); the first accepted one when it matches none."""
+    """Of the accepted (C, H, W), the one the first image of a folder has (the reader then checks
+    every image against it); the first accepted one when it matches none."""
     if len(accepted) == 1:
         return accepted[0]
-    try:
-        if path.is_dir():
-            from PIL import Image
+    from PIL import Image
 
-            first = next((p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), None)
-            if first is None:
-                return accepted[0]
-            with Image.open(first) as im:
-                w, h = im.size
-            return next((a for a in accepted if a[1:] == (h, w)), accepted[0])
-        with np.load(path, allow_pickle=False) as f:
-            shp = f["images"].shape if "images" in f.files else ()
-        return next((a for a in accepted if len(shp) == 4 and (shp[1:] == (a[1], a[2], a[0]) or shp[1:] == a)), accepted[0])
-    except (OSError, ValueError, KeyError):
+    first = next((p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), None)
+    if first is None:
         return accepted[0]
+    try:
+        with Image.open(first) as im:  # reads the header only
+            w, h = im.size
+    except OSError:
+        return accepted[0]  # the reader reports the unreadable file
+    return next((a for a in accepted if a[1:] == (h, w)), accepted[0])
 
 
 def load_inputs(source: Any, model: Any, n: int, datamodule: Any = None,
@@ -260,7 +261,7 @@ def load_inputs(source: Any, model: Any, n: int, datamodule: Any = None,
         if path.is_dir():
             images, labels, extra = _read_folder(path, _first_shape(path, accepted)), None, {}
         elif path.is_file() and path.suffix == ".npz":
-            images, labels, extra = _read_npz(path, _first_shape(path, accepted))
+            images, labels, extra = _read_npz(path, accepted)
         else:
             raise ConfigError(f"task.input={source}: not a folder of images or an .npz file")
         name = str(path)
