@@ -63,11 +63,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------- run
+def _tune_malloc(cfg: DictConfig) -> None:
+    from difflab.utils.runtime import tune_malloc
+
+    value = cfg.get("malloc_tuning", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"malloc_tuning must be true or false, got {value!r}")
+    tune_malloc(value)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample ``n`` images from ``cfg.ckpt``; write samples.npz, grid.png (and metrics.json).
 
     Returns ``{"npz": path, "grid": path, "metrics": rows or [], "sampler": info, "output_dir": dir}``.
     """
+    _tune_malloc(cfg)
     task = cfg.get("task")
     if task is not None and str(task.get("name", "generate")) != "generate":
         from difflab.tasks import run_task  # inpaint, img2img, anomaly: conf/task/

@@ -21,6 +21,7 @@ from difflab.build import build_callbacks, build_datamodule, build_loggers, buil
 from difflab.errors import CheckpointError, DifflabError
 from difflab.utils.hydra import print_config_tree, to_plain_dict
 from difflab.utils.logging import get_logger
+from difflab.utils.runtime import tune_malloc
 from difflab.utils.validation import scrub_run_dir, validate_config
 
 log = get_logger(__name__)
@@ -87,6 +88,7 @@ def run(cfg: DictConfig) -> float | None:
         return done.get("metric")
     # 1. validate everything that is cheap to validate, before anything heavy is built
     validate_config(cfg)
+    tune_malloc(bool(cfg.get("malloc_tuning", True)))  # CPU speed: freed memory is reused, not faulted in again
     scrub_run_dir(cfg.paths.output_dir, cfg)  # secrets out of the .hydra/*.yaml Hydra wrote
     config_dict = to_plain_dict(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the initial weights follow cfg.seed

@@ -226,3 +226,8 @@ def test_point_data_are_scored_with_swd_mmd_and_bits_per_dim(tmp_path, capsys):
         assert f["points"].shape == (50, 2)
     err = fails(ckpt, tmp_path, capsys, "metrics=[fid]")
     assert "metrics=['fid']" in err and "swd,mmd" in err
+
+
+def test_malloc_tuning_takes_a_boolean(tiny_ckpt, tmp_path, capsys):
+    err = fails(tiny_ckpt, tmp_path, capsys, "malloc_tuning=maybe")
+    assert "malloc_tuning must be true or false" in err

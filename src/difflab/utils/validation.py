@@ -102,7 +102,7 @@ def check_run_settings(cfg: DictConfig) -> None:
     _int(cfg, "seed", minimum=0)
     _int(cfg, "lr_warmup_steps", minimum=0)
     _int(cfg, "max_consecutive_nonfinite", minimum=1)
-    for key in ("compile", "channels_last"):
+    for key in ("compile", "channels_last", "malloc_tuning"):
         _bool(cfg, key)
     if "trainer" in cfg:
         _int(cfg, "trainer.max_steps", minimum=1, allowed_extra=(-1,))
