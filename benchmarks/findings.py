@@ -388,6 +388,72 @@ def run_cost(run: Run, composer: Composer) -> dict[str, int]:
             "bpd_images": int(settings.get("bpd_n", 0)) if "bpd" in run.evaluations else 0, "run_nfe": run_nfe}
 
 
+#: What makes two runs the same experiment: a result whose recorded config differs from the run's
+#: config of today in one of these (e.g. trainer.precision, which follows the machine unless set)
+#: is stale: it is not counted, and the suite runs it again. Keys that only say where or how fast
+#: (paths, loader workers, logging, speed switches that keep the numbers) are not part of it.
+IDENTITY_KEYS = ("backbone", "schedule", "objective", "sampler", "optimizer", "lr_scheduler", "conditioning",
+                 "first_stage", "data", "seed", "lr_warmup_steps", "trainer.max_steps", "trainer.precision",
+                 "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "callbacks.ema", "callbacks.fid.n",
+                 "callbacks.fid.feature")
+_NOT_IDENTITY = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`IDENTITY_KEYS` of a plain config dict (dotted keys; a missing key reads None),
+    without data keys that hold paths or loader settings."""
+    out: dict[str, Any] = {}
+    for key in IDENTITY_KEYS:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if key == "data" and isinstance(node, dict):
+            node = {k: v for k, v in node.items()
+                    if k not in _NOT_IDENTITY and not k.endswith(("_dir", "root", "path"))}
+        out[key] = node
+    return out
+
+
+def identity_diff(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """``key: recorded -> expected`` for each identity key on which a result's config and the
+    run's config of today differ (the first differing leaf of a group, e.g. backbone.base_channels)."""
+    def leaves(x: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(x, dict):
+            out: dict[str, Any] = {}
+            for k, v in x.items():
+                out.update(leaves(v, f"{prefix}.{k}"))
+            return out or {prefix: {}}
+        return {prefix: x}
+
+    a, b = identity(recorded), identity(expected)
+    out = []
+    for key in IDENTITY_KEYS:
+        if a[key] != b[key]:
+            la, lb = leaves(a[key], key), leaves(b[key], key)
+            diff = [k for k in sorted(set(la) | set(lb)) if la.get(k) != lb.get(k)]
+            k = diff[0] if diff else key
+            out.append(f"{k}: {la.get(k, a[key])!r} -> {lb.get(k, b[key])!r}")
+    return out
+
+
+def expected_config(run: Run, composer: Composer) -> dict[str, Any]:
+    """The run's config as this checkout composes it on this machine (plain, resolved)."""
+    from difflab.utils.hydra import to_plain_dict
+
+    return to_plain_dict(composer.compose(run.overrides()))
+
+
+def stale_reason(run: Run, results: Path, composer: Composer) -> list[str]:
+    """Why the run's committed result is not the run of today ([] when it is, or has no result)."""
+    path = run.path(results)
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    if not record.get("config"):  # nothing to check against
+        return []
+    return identity_diff(record["config"], expected_config(run, composer))
+
+
 def missing_labels(run: Run, results: Path) -> list[str] | None:
     """None when the run has no result yet, else the evaluations its result lacks."""
     path = run.path(results)
@@ -654,12 +720,22 @@ def verdict(claims: list[Claim], done: int, total: int) -> tuple[str, list[str]]
 class Results:
     """The JSON results of one budget, by arm slug and seed."""
 
-    def __init__(self, results: Path, budget: str) -> None:
+    def __init__(self, results: Path, budget: str, expected: dict[tuple[str, int], dict] | None = None) -> None:
+        """``expected``: (arm, seed) -> the run's config of today; a record that differs from it in
+        an identity key goes to ``stale`` (with the reasons) instead of ``by``."""
         self.by: dict[tuple[str, int], dict] = {}
+        self.stale: dict[tuple[str, int], list[str]] = {}
         for path in sorted((results / budget).glob("*/seed*.json")):
             rec = json.loads(path.read_text())
-            if rec.get("format") == FORMAT:
-                self.by[(rec["arm"], int(rec["seed"]))] = rec
+            if rec.get("format") != FORMAT:
+                continue
+            key = (rec["arm"], int(rec["seed"]))
+            check = expected and key in expected and rec.get("config")  # a record without its config is taken as is
+            why = identity_diff(rec["config"], expected[key]) if check else []
+            if why:
+                self.stale[key] = why
+            else:
+                self.by[key] = rec
 
     def values(self, arm: str, seeds: list[int], label: str, metric: str = "fid") -> dict[int, float]:
         out = {}
@@ -1007,10 +1083,10 @@ def budget_line(spec: Spec, budget: str, composer: Composer) -> str:
 
 def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: Path | None = None) -> str:
     """``findings.md`` (and its plots) from the JSON results of ``budget``; returns the text."""
-    res = Results(results, budget)
     runs, specs, arms = plan(list(FINDINGS), budget)
-    group_of = {r.slug: r.group for r in runs}
     composer = Composer(budget)
+    res = Results(results, budget, {(r.slug, r.seed): expected_config(r, composer) for r in runs})
+    group_of = {r.slug: r.group for r in runs}
     flag = {"short": "", "full": " --full", "quick": " --quick"}[budget]
     rel = os.path.relpath(results, ROOT) if results.is_relative_to(ROOT) else str(results)
     intro = [
@@ -1028,6 +1104,10 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
         "arm (the default config) is trained once and serves findings 1-5 and 7 (W&B group `findings-default`).",
         "",
     ]
+    if res.stale:
+        intro += ["Not counted: results run as another experiment than the suite's of today (they run again): "
+                  + "; ".join(f"`{a}` seed {sd} ({', '.join(why)})" for (a, sd), why in sorted(res.stale.items())) + ".",
+                  ""]
     lines: list[str] = []
     summary = []
     for name in FINDINGS:
@@ -1135,12 +1215,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed:
             runs = [r for r in runs if r.seed in args.seed]
         todo = []
-        composer = Composer(budget) if args.list else None
+        composer = Composer(budget)
         if args.list:
             print(f"{'arm':40s} {'seed':>4s}  {'steps':>6s} {'callback NFE':>13s} {'eval NFE':>11s} {'bpd':>4s}  findings  state")
         for run in runs:
             lacking = missing_labels(run, results)
-            state = "no result" if lacking is None else ("done" if not lacking else f"lacks {', '.join(lacking[:4])}")
+            stale = stale_reason(run, results, composer) if lacking is not None else []
+            if stale:  # another experiment than the run of today (e.g. another machine's precision): run it again
+                note(f"stale {run.slug} seed {run.seed}: its result was run with {'; '.join(stale)}; running it again")
+                lacking = None
+            state = ("stale" if stale else "no result") if lacking is None else (
+                "done" if not lacking else f"lacks {', '.join(lacking[:4])}")
             if args.list:
                 c = run_cost(run, composer)
                 print(f"{run.slug:40s} {run.seed:4d}  {c['train_steps']:6d} {c['callback_image_nfe']:13,d} "

@@ -266,3 +266,33 @@ def test_the_suite_samples_with_ddim_50_eta_1_whatever_the_default_sampler():
     """common.yaml pins the run's sampler, so results of different sessions are scored alike."""
     cfg = F.Composer("short").compose([])
     assert cfg.sampler._target_.endswith("DDIMSampler") and (cfg.sampler.num_steps, cfg.sampler.eta) == (50, 1.0)
+
+
+def test_a_result_of_another_experiment_is_stale_not_counted_and_run_again(tmp_path, capsys):
+    """trainer.precision follows the machine unless set: the suite pins it, and a result whose
+    config differs from the run's of today in an identity key is reported, not counted, rerun."""
+    runs, _, _ = F.plan(["objective"], "short")
+    run = next(r for r in runs if r.slug == "objective=x0" and r.seed == 1)
+    composer = F.Composer("short")
+    config = F.expected_config(run, composer)
+    assert config["trainer"]["precision"] == "32-true"  # pinned by sweeps/findings/common.yaml, whatever the CPU
+    metrics = {"ddim10_eta1": {"fid": 3.0}, "ddim50_eta1": {"fid": 1.0}}
+    path = run.path(tmp_path / "res")
+    path.parent.mkdir(parents=True)
+    record = {"format": F.FORMAT, "arm": run.slug, "seed": 1, "metrics": metrics, "global_step": 1500, "config": config,
+              "wandb": {"group": run.group, "run_id": "abc"}}
+    path.write_text(json.dumps(record))
+    assert F.stale_reason(run, tmp_path / "res", composer) == []
+    assert F.Results(tmp_path / "res", "short", {(run.slug, 1): config}).by
+    bf16 = json.loads(json.dumps(config))
+    bf16["trainer"]["precision"] = "bf16-mixed"
+    bf16["backbone"]["base_channels"] = 32
+    bf16["callbacks"]["fid"]["cache_dir"] = "/elsewhere"  # not part of what the experiment is
+    path.write_text(json.dumps({**record, "config": bf16}))
+    why = F.stale_reason(run, tmp_path / "res", composer)
+    assert why == ["backbone.base_channels: 32 -> 16", "trainer.precision: 'bf16-mixed' -> '32-true'"]
+    res = F.Results(tmp_path / "res", "short", {(run.slug, 1): config})
+    assert not res.by and res.stale[(run.slug, 1)] == why
+    assert F.main(["--list", "--results-dir", str(tmp_path / "res"), "--arm", "objective=x0", "--seed", "1"]) == 0
+    out = capsys.readouterr()
+    assert "stale" in out.out and "trainer.precision: 'bf16-mixed' -> '32-true'" in out.err + out.out
