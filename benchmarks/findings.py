@@ -608,7 +608,8 @@ def execute(run: Run, results: Path, work: Path, cache_dir: Path, specs: dict[st
     settings = dict(specs[run.findings[0]].settings)
     t0 = time.perf_counter()
     cfg = compose_train(base_overrides(run.budget) + run.overrides(), output_dir=str(run_dir))
-    train(cfg)
+    set_aside_other_experiment(run_dir, to_plain_dict(cfg))
+    train(cfg)  # resume=auto: a run dir left by an interrupted piece goes on from its last checkpoint
     t_train = time.perf_counter() - t0
     finished = run_dir / "finished.yaml"
     if not finished.is_file():
@@ -645,6 +646,23 @@ def execute(run: Run, results: Path, work: Path, cache_dir: Path, specs: dict[st
     if not keep:  # the checkpoints go; the rest (wandb/ for `wandb sync`, fid/, logs) stays in the work dir
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return path
+
+
+def set_aside_other_experiment(run_dir: Path, config: dict[str, Any]) -> Path | None:
+    """A run dir whose checkpoints were trained as another experiment (e.g. in bf16 before the
+    suite pinned fp32) must not be resumed: it is renamed ``<run dir>.stale-<time>`` (nothing
+    is deleted) and the run starts afresh. Returns where it went, or None."""
+    from difflab.utils.checkpoint import checkpoint_config, load_checkpoint
+
+    ckpts = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    for ckpt in ckpts:
+        why = identity_diff(checkpoint_config(load_checkpoint(ckpt), str(ckpt)), config)
+        if why:
+            aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(aside)
+            note(f"{run_dir} holds another experiment ({'; '.join(why)}): moved to {aside}; starting afresh")
+            return aside
+    return None
 
 
 # --------------------------------------------------------------------------- statistics

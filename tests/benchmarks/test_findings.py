@@ -296,3 +296,23 @@ def test_a_result_of_another_experiment_is_stale_not_counted_and_run_again(tmp_p
     assert F.main(["--list", "--results-dir", str(tmp_path / "res"), "--arm", "objective=x0", "--seed", "1"]) == 0
     out = capsys.readouterr()
     assert "stale" in out.out and "trainer.precision: 'bf16-mixed' -> '32-true'" in out.err + out.out
+
+
+def test_a_run_dir_of_another_experiment_is_set_aside_not_resumed(tmp_path):
+    """resume=auto would go on from a checkpoint trained in bf16 into an fp32 run: the run dir
+    is renamed instead (nothing deleted) and the run starts afresh; a matching one is resumed."""
+    import torch
+
+    runs, _, _ = F.plan(["objective"], "short")
+    run = next(r for r in runs if r.slug == "objective=x0" and r.seed == 1)
+    config = F.expected_config(run, F.Composer("short"))
+    run_dir = tmp_path / "seed1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"hyper_parameters": {"config": config}}, run_dir / "checkpoints" / "last.ckpt")
+    assert F.set_aside_other_experiment(run_dir, config) is None and run_dir.is_dir()
+    other = json.loads(json.dumps(config))
+    other["trainer"]["precision"] = "bf16-mixed"
+    torch.save({"hyper_parameters": {"config": other}}, run_dir / "checkpoints" / "last.ckpt")
+    aside = F.set_aside_other_experiment(run_dir, config)
+    assert aside is not None and not run_dir.exists() and (aside / "checkpoints" / "last.ckpt").is_file()
+    assert aside.name.startswith("seed1.stale-")
