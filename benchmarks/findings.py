@@ -1103,7 +1103,8 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
     """``findings.md`` (and its plots) from the JSON results of ``budget``; returns the text."""
     runs, specs, arms = plan(list(FINDINGS), budget)
     composer = Composer(budget)
-    res = Results(results, budget, {(r.slug, r.seed): expected_config(r, composer) for r in runs})
+    res = Results(results, budget, {(r.slug, r.seed): expected_config(r, composer) for r in runs
+                                    if r.path(results).is_file()})  # composed for the runs with a result only
     group_of = {r.slug: r.group for r in runs}
     flag = {"short": "", "full": " --full", "quick": " --quick"}[budget]
     rel = os.path.relpath(results, ROOT) if results.is_relative_to(ROOT) else str(results)
