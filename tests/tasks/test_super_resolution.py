@@ -181,6 +181,19 @@ def test_sr_errors_in_one_line(sr_ckpt, tiny_ckpt, tmp_path, capsys):
     assert "use task=super_resolution" in err
 
 
+def test_a_loaded_sr_checkpoint_carries_its_low_res_conditioning(sr_ckpt, tiny_ckpt):
+    from difflab.tasks.super_resolution import low_res_of
+    from difflab.utils.checkpoint import load_model
+
+    sr = load_model(str(sr_ckpt))
+    assert isinstance(sr.low_res, LowResConditioning) and sr.low_res.factor == 2
+    assert low_res_of(sr) is sr.low_res  # the one built at load, not a second one
+    plain = load_model(str(tiny_ckpt))
+    assert plain.low_res is None
+    with pytest.raises(ConfigError, match="needs a super-resolution checkpoint"):
+        low_res_of(plain)
+
+
 def test_sample_py_refuses_to_generate_from_an_sr_checkpoint(sr_ckpt, tmp_path, capsys):
     err = task_fails(sr_ckpt, tmp_path / "g", capsys, "generate", "n=2")
     assert "use sample.py task=super_resolution" in err

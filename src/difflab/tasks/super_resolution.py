@@ -45,14 +45,10 @@ __all__ = ["low_res_of", "psnr_ssim", "run", "upscale"]
 
 
 def low_res_of(model: Any) -> Any:
-    """The :class:`~difflab.conditioning.LowResConditioning` a checkpoint was trained with, or a
-    ConfigError when it has none."""
-    from difflab.build import build_conditioning, is_low_res
-    from omegaconf import OmegaConf
-
-    node = model.config.get("conditioning")
-    conditioning = build_conditioning(OmegaConf.create({"conditioning": node})) if node else None
-    if not is_low_res(conditioning) or not getattr(model.backbone, "takes_image_condition", False):
+    """The :class:`~difflab.conditioning.LowResConditioning` a checkpoint was trained with (built
+    once, when the checkpoint was loaded), or a ConfigError when it has none."""
+    conditioning = getattr(model, "low_res", None)
+    if conditioning is None or not getattr(model.backbone, "takes_image_condition", False):
         raise ConfigError("task=super_resolution needs a super-resolution checkpoint (trained with conditioning=low_res "
                           "conditioning.factor=2 or 4); this one has no low-res conditioning")
     return conditioning

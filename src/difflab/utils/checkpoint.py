@@ -120,6 +120,7 @@ class LoadedModel:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     ema_name: str | None = None  # which further EMA (a named EMA callback) the weights are; None: the run's own
+    low_res: Any = None  # a super-resolution checkpoint's LowResConditioning (conditioning=low_res), built once here
 
 
 def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
@@ -239,7 +240,9 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state)
 
 
-def _build_parts(config: dict[str, Any], source: str, betas: torch.Tensor | None = None) -> tuple[GaussianDiffusion, DiffusionObjective, Sampler, nn.Module]:
+def _build_parts(config: dict[str, Any], source: str, betas: torch.Tensor | None = None) -> tuple[GaussianDiffusion, DiffusionObjective, Sampler, nn.Module, Any]:
+    """(process, objective, sampler, backbone, the low-res conditioning of a super-resolution
+    checkpoint or None)."""
     from difflab.build import build_backbone, build_conditioning, build_core
 
     cfg = OmegaConf.create({k: config[k] for k in ("schedule", "objective", "sampler", "backbone")})
@@ -253,7 +256,7 @@ def _build_parts(config: dict[str, Any], source: str, betas: torch.Tensor | None
         backbone = build_backbone(cfg.backbone, conditioning)
     except DifflabError as e:
         raise CheckpointError(f"{source}: its stored config no longer builds: {e}") from None
-    return process, objective, sampler, backbone
+    return process, objective, sampler, backbone, conditioning
 
 
 def _image_shape(ckpt: dict[str, Any], config: dict[str, Any]) -> tuple[int, ...]:
@@ -279,7 +282,7 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, sour
     """
     config = checkpoint_config(ckpt, source)
     betas = (ckpt.get("state_dict") or {}).get("process.betas")  # the schedule it was trained with
-    process, objective, sampler, backbone = _build_parts(config, source, betas)
+    process, objective, sampler, backbone, low_res = _build_parts(config, source, betas)
     state, used_ema = _backbone_state(ckpt, use_ema, ema, source)
     if not state:
         raise CheckpointError(f"{source} holds no backbone weights (no EMA state and no backbone.* in state_dict)")
@@ -301,6 +304,7 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, sour
         source=source,
         extra=_latent_extra(ckpt, config, sampler, source),
         ema_name=ema,
+        low_res=low_res,
     )
 
 
