@@ -437,29 +437,35 @@ def identity_diff(recorded: dict[str, Any], expected: dict[str, Any]) -> list[st
 
 
 def expected_config(run: Run, composer: Composer) -> dict[str, Any]:
-    """The run's config as this checkout composes it on this machine (plain, resolved)."""
+    """The run's config as this checkout composes it on this machine and the run stores it
+    (plain, resolved; with the class count conditioning=class writes into the backbone)."""
+    import copy
+
+    from difflab.build import build_conditioning, settle_num_classes
     from difflab.utils.hydra import to_plain_dict
 
-    return to_plain_dict(composer.compose(run.overrides()))
+    cfg = copy.deepcopy(composer.compose(run.overrides()))
+    settle_num_classes(cfg, build_conditioning(cfg))
+    return to_plain_dict(cfg)
 
 
-def stale_reason(run: Run, results: Path, composer: Composer) -> list[str]:
-    """Why the run's committed result is not the run of today ([] when it is, or has no result)."""
+def read_result(run: Run, results: Path) -> dict[str, Any] | None:
+    """The run's committed result record, or None when it has none."""
     path = run.path(results)
-    if not path.is_file():
-        return []
-    record = json.loads(path.read_text())
-    if not record.get("config"):  # nothing to check against
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stale_reason(run: Run, record: dict[str, Any] | None, composer: Composer) -> list[str]:
+    """Why the run's result record is not the run of today ([] when it is, or there is none)."""
+    if not record or not record.get("config"):  # nothing to check against
         return []
     return identity_diff(record["config"], expected_config(run, composer))
 
 
-def missing_labels(run: Run, results: Path) -> list[str] | None:
+def missing_labels(run: Run, record: dict[str, Any] | None) -> list[str] | None:
     """None when the run has no result yet, else the evaluations its result lacks."""
-    path = run.path(results)
-    if not path.is_file():
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     return [label for label in run.evaluations if label not in record.get("metrics", {})]
 
 
@@ -1238,8 +1244,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(f"{'arm':40s} {'seed':>4s}  {'steps':>6s} {'callback NFE':>13s} {'eval NFE':>11s} {'bpd':>4s}  findings  state")
         for run in runs:
-            lacking = missing_labels(run, results)
-            stale = stale_reason(run, results, composer) if lacking is not None else []
+            record = read_result(run, results)
+            lacking = missing_labels(run, record)
+            stale = stale_reason(run, record, composer)
             if stale:  # another experiment than the run of today (e.g. another machine's precision): run it again
                 note(f"stale {run.slug} seed {run.seed}: its result was run with {'; '.join(stale)}; running it again")
                 lacking = None

@@ -173,7 +173,8 @@ def test_class_grid_puts_one_class_per_row():
 
 # ----------------------------------------------------------------------------- the config path
 def test_conditioning_class_takes_num_classes_from_the_data_and_stores_it(tmp_path):
-    from difflab.build import build_module
+    from difflab.build import build_conditioning, build_module, settle_num_classes
+    from difflab.errors import ConfigError
     from difflab.utils.hydra import to_plain_dict
 
     cfg = compose_train(["conditioning=class", "conditioning.p_uncond=0.25", "backbone.base_channels=8",
@@ -187,6 +188,9 @@ def test_conditioning_class_takes_num_classes_from_the_data_and_stores_it(tmp_pa
     plain = build_module(compose_train(["backbone.base_channels=8", "backbone.channel_mult=[1,2]",
                                         "backbone.num_res_blocks=1"], output_dir=str(tmp_path)), (1, 28, 28))
     assert plain.conditioning is None and plain.backbone.num_classes is None
+    wrong = compose_train(["conditioning=class", "backbone.num_classes=7"], output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="backbone.num_classes=7 but conditioning=class takes num_classes=10"):
+        settle_num_classes(wrong, build_conditioning(wrong))
 
 
 def test_conditioning_class_on_unlabelled_data_fails_in_one_line(tmp_path):

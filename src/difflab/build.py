@@ -41,6 +41,7 @@ __all__ = [
     "build_sampler",
     "build_trainer",
     "check_backbone",
+    "settle_num_classes",
     "instantiate",
 ]
 
@@ -138,26 +139,9 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, ...], config_dict: dic
         check_pretrained_schedule(cfg.backbone.pretrained, process, objective.target)
     conditioning = build_conditioning(cfg)
     backbone_kwargs = {}
-    if conditioning.num_classes is not None:  # the class embedding follows the data set
-        given = cfg.backbone.get("num_classes")
-        if given is not None and given != conditioning.num_classes:
-            raise ConfigError(
-                f"backbone.num_classes={given} but conditioning=class takes num_classes={conditioning.num_classes} "
-                "from the data set; drop the backbone.num_classes override"
-            )
-        backbone_kwargs["num_classes"] = conditioning.num_classes
-        # the run's config and the stored one say so too: checkpoints rebuild the class embedding,
-        # and a resume compares the backbone with this config
-        with open_dict(cfg):
-            cfg.backbone.num_classes = conditioning.num_classes
-        if config_dict is not None and isinstance(config_dict.get("backbone"), dict):
-            config_dict["backbone"]["num_classes"] = conditioning.num_classes
-    elif cfg.backbone.get("num_classes") is not None:
-        log.warning(
-            "backbone.num_classes=%s without conditioning=class: every batch is trained with its labels (no label "
-            "dropout), so the null label that guidance needs stays untrained; use conditioning=class",
-            cfg.backbone.num_classes,
-        )
+    num_classes = settle_num_classes(cfg, conditioning, config_dict)
+    if num_classes is not None:
+        backbone_kwargs["num_classes"] = num_classes
     if first_stage is not None:  # the backbone takes latents: channels and size follow them
         if is_low_res(conditioning):
             raise ConfigError("conditioning=low_res (super-resolution) runs on pixels; drop the first_stage override")
@@ -250,6 +234,32 @@ def build_backbone(node: Any, conditioning: Any = None, **kwargs: Any) -> torch.
         raise ConfigError("conditioning=low_res takes 2x the data's channels in; backbone.pretrained weights do not fit it")
     kwargs = {**kwargs, "in_channels": 2 * int(channels), "out_channels": int(channels)}
     return ConcatConditioned(instantiate(node, "backbone", **kwargs), int(channels))
+
+
+def settle_num_classes(cfg: Any, conditioning: Any, config_dict: dict[str, Any] | None = None) -> int | None:
+    """The class count of ``conditioning=class`` (None without it), written into
+    ``cfg.backbone.num_classes`` and ``config_dict`` (the stored config) as the run records it:
+    checkpoints rebuild the class embedding from it, and a resume compares the backbone with it.
+    A ConfigError when ``backbone.num_classes`` says another count."""
+    if conditioning.num_classes is None:
+        if cfg.backbone.get("num_classes") is not None:
+            log.warning(
+                "backbone.num_classes=%s without conditioning=class: every batch is trained with its labels (no label "
+                "dropout), so the null label that guidance needs stays untrained; use conditioning=class",
+                cfg.backbone.num_classes,
+            )
+        return None
+    given = cfg.backbone.get("num_classes")
+    if given is not None and given != conditioning.num_classes:
+        raise ConfigError(
+            f"backbone.num_classes={given} but conditioning=class takes num_classes={conditioning.num_classes} "
+            "from the data set; drop the backbone.num_classes override"
+        )
+    with open_dict(cfg):
+        cfg.backbone.num_classes = conditioning.num_classes
+    if config_dict is not None and isinstance(config_dict.get("backbone"), dict):
+        config_dict["backbone"]["num_classes"] = conditioning.num_classes
+    return int(conditioning.num_classes)
 
 
 def build_conditioning(cfg: DictConfig) -> Any:

@@ -268,6 +268,27 @@ def test_the_suite_samples_with_ddim_50_eta_1_whatever_the_default_sampler():
     assert cfg.sampler._target_.endswith("DDIMSampler") and (cfg.sampler.num_steps, cfg.sampler.eta) == (50, 1.0)
 
 
+@pytest.mark.parametrize("slug", ["conditioning=class", "default"])
+def test_the_expected_config_is_the_config_the_run_stores(slug):
+    """build_module writes what it derives (conditioning=class: the data's class count into
+    backbone.num_classes) into the stored config; the config a result is checked against must
+    say so too, or every such result would read as stale and run again."""
+    import copy
+
+    from difflab.build import build_module
+    from difflab.utils.hydra import to_plain_dict
+
+    runs, _, _ = F.plan(list(F.FINDINGS), "short")
+    run = next(r for r in runs if r.slug == slug)
+    composer = F.Composer("short")
+    cfg = copy.deepcopy(composer.compose(run.overrides()))
+    stored = to_plain_dict(cfg)
+    build_module(cfg, (1, 28, 28), config_dict=stored)
+    expected = F.expected_config(run, composer)
+    assert F.identity_diff(stored, expected) == []
+    assert expected["backbone"]["num_classes"] == (10 if slug == "conditioning=class" else None)
+
+
 def test_a_result_of_another_experiment_is_stale_not_counted_and_run_again(tmp_path, capsys):
     """trainer.precision follows the machine unless set: the suite pins it, and a result whose
     config differs from the run's of today in an identity key is reported, not counted, rerun."""
@@ -282,14 +303,15 @@ def test_a_result_of_another_experiment_is_stale_not_counted_and_run_again(tmp_p
     record = {"format": F.FORMAT, "arm": run.slug, "seed": 1, "metrics": metrics, "global_step": 1500, "config": config,
               "wandb": {"group": run.group, "run_id": "abc"}}
     path.write_text(json.dumps(record))
-    assert F.stale_reason(run, tmp_path / "res", composer) == []
+    assert F.stale_reason(run, F.read_result(run, tmp_path / "res"), composer) == []
+    assert F.missing_labels(run, F.read_result(run, tmp_path / "res")) == []
     assert F.Results(tmp_path / "res", "short", {(run.slug, 1): config}).by
     bf16 = json.loads(json.dumps(config))
     bf16["trainer"]["precision"] = "bf16-mixed"
     bf16["backbone"]["base_channels"] = 32
     bf16["callbacks"]["fid"]["cache_dir"] = "/elsewhere"  # not part of what the experiment is
     path.write_text(json.dumps({**record, "config": bf16}))
-    why = F.stale_reason(run, tmp_path / "res", composer)
+    why = F.stale_reason(run, F.read_result(run, tmp_path / "res"), composer)
     assert why == ["backbone.base_channels: 32 -> 16", "trainer.precision: 'bf16-mixed' -> '32-true'"]
     res = F.Results(tmp_path / "res", "short", {(run.slug, 1): config})
     assert not res.by and res.stale[(run.slug, 1)] == why
