@@ -551,6 +551,7 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
                 row = guidance_sweep(m.backbone, m.process, sampler, m.objective.target, evaluator_of(ev_n), [ev["w"]],
                                      num_classes=int(num_classes), seed=run.seed, batch_size=batch, device=device)[0]
                 metrics[label] = {"fid": row["fid"], "kid": row["kid"], "kid_std": row["kid_std"], "acc": row["acc"],
+                                  "clamped": row["clamped"],
                                   "nfe": row["nfe"], "key": row["fid_key"], "w": ev["w"], "n": ev_n, "sampler": repr(sampler),
                                   "weights": ev["weights"], "seconds": time.perf_counter() - t0}
                 continue
@@ -559,6 +560,7 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
         fid_key = next(k for k in res.scores if k.startswith("fid/"))
         kid_key = next(k for k in res.scores if k.startswith("kid/"))
         metrics[label] = {"fid": res.scores[fid_key], "kid": res.scores[kid_key], "kid_std": res.values.get("kid_std"),
+                          "clamped": res.values.get("clamped"),
                           "nfe": res.protocol["nfe"], "key": fid_key, "n": ev_n, "sampler": repr(sampler), "weights": ev["weights"],
                           "feature": feature, "seconds": time.perf_counter() - t0}
     evaluator_of(n)  # the run's n has its floor even when every evaluation set its own n
@@ -833,6 +835,8 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                 claims.append(c)  # the paper's setting: clipped, the budget's checkpoint, the fewest steps
             else:
                 notes.append("Investigation, " + c.test()[1])
+        if len(clips) == 2:  # why clipping matters: FID, the clamped share, and the first step's gain
+            notes.extend(_clip_notes(res, slug, seeds, length, etas, steps, label))
         # the same question in another feature space: the spec's cells (eta, steps) scored there
         spaces = sorted({ev["feature"] for _, ev in other})
         for space in spaces:
@@ -849,6 +853,46 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                     f"eta {e:g}: {cell(list(res.values(slug, seeds, cells[(e, st)]).values()))}" for e in es) + ")")
     return Section(["training steps", "clip x0", "sampling steps", *(f"FID eta {e:g}" for e in etas)], rows, panels, claims,
                    notes)
+
+
+def terminal_x0_gain(config: dict[str, Any]) -> float | None:
+    """1 / sqrt(abar_T) of a run's schedule (its stored config): how much an eps-prediction
+    model's error in eps at t = T is magnified in its x_0 estimate,
+    x_0 = (x_T - sqrt(1 - abar_T) eps) / sqrt(abar_T), the estimate DDIM's first step moves
+    toward. None for x_0 or v prediction (no division by sqrt(abar_T)) or zero terminal SNR."""
+    import hydra
+
+    if (config.get("objective") or {}).get("target", "eps") != "eps" or not config.get("schedule"):
+        return None
+    process = hydra.utils.instantiate(config["schedule"])
+    last = float(process.alphas_cumprod[-1])
+    return 1.0 / math.sqrt(last) if last > 0 else None
+
+
+def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: list[float], steps: list[int],
+                label: dict[tuple[float, int, bool], str]) -> list[str]:
+    """The clipping investigation of one checkpoint length: FID without against with clipping
+    (eta 0, fewest steps), the share of sample pixel values that quantisation clamped with and
+    without clipping (over every cell and seed), and the schedule's closed-form x_0 gain at t = T."""
+    lo = min(etas)
+    c = Claim(f"{length} steps, eta {lo:g}, {steps[0]} sampling steps: FID(clip off) - FID(clip on)",
+              res.values(slug, seeds, label[(lo, steps[0], True)]), res.values(slug, seeds, label[(lo, steps[0], False)]),
+              True)
+    notes = ["Investigation, clipping: " + c.test()[1]]
+    shares = {}
+    for clip in (True, False):
+        got = [v for eta in etas for st in steps
+               for v in res.values(slug, seeds, label[(eta, st, clip)], "clamped").values()]
+        shares[clip] = f"{100 * sum(got) / len(got):.2f}% ({len(got)} cells)" if got else "not recorded"
+    notes.append(f"Investigation, clipping, {length} steps: share of sample pixel values outside [-1, 1] that "
+                 f"quantisation clamped, mean over every cell and seed: clip on {shares[True]}, clip off {shares[False]}")
+    config = next((res.by[(slug, s)].get("config") for s in seeds if (slug, s) in res.by), None)
+    gain = terminal_x0_gain(config) if config else None
+    if gain is not None:
+        notes.append(f"Investigation, clipping, {length} steps: closed form: this schedule's 1/sqrt(abar_T) is {gain:.3g}, "
+                     "so without clipping DDIM's first step from t = T takes an x_0 estimate whose error is the "
+                     f"eps-prediction error times {gain:.3g}; clipping x_0 to [-1, 1] bounds it")
+    return notes
 
 
 def section_schedule(spec: Spec, res: Results, arms: dict) -> Section:
@@ -949,7 +993,8 @@ def section_guidance(spec: Spec, res: Results, arms: dict) -> Section:
     slug = next(iter(arms.values()))
     evs = sorted(((ev["w"], lab) for lab, ev in _labels(spec).items() if ev["kind"] == "guidance"))
     rows = [[f"{w:g}", cell(list(res.values(slug, seeds, lab).values())),
-             cell(list(res.values(slug, seeds, lab, "acc").values()), 1, 100.0)] for w, lab in evs]
+             cell(list(res.values(slug, seeds, lab, "acc").values()), 1, 100.0),
+             cell(list(res.values(slug, seeds, lab, "clamped").values()), 2, 100.0)] for w, lab in evs]
     ws = [w for w, _ in evs]
     fid = [res.values(slug, seeds, lab) for _, lab in evs]
     acc = [{s: 100 * v for s, v in res.values(slug, seeds, lab, "acc").items()} for _, lab in evs]
@@ -960,7 +1005,7 @@ def section_guidance(spec: Spec, res: Results, arms: dict) -> Section:
         claims.append(Claim(f"class accuracy: w={top_w:g} - w=1 (higher is the paper's direction)",
                             res.values(slug, seeds, one, "acc"), res.values(slug, seeds, top, "acc"), True))
         claims.append(Claim(f"FID: w={top_w:g} - w=1", res.values(slug, seeds, one), res.values(slug, seeds, top), True))
-    return Section(["w", "FID", "class accuracy (%)"], rows,
+    return Section(["w", "FID", "class accuracy (%)", "pixel values clamped (%)"], rows,
                    [("FID against w", "guidance scale w", "FID", {"FID": (ws, fid)}),
                     ("class accuracy against w", "guidance scale w", "accuracy (%)", {"accuracy": (ws, acc)})], claims)
 

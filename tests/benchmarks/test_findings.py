@@ -121,6 +121,35 @@ def _fake_result(root: Path, arm: str, seed: int, metrics: dict) -> None:
                                           "run_id": f"id{seed}"}}))
 
 
+def test_terminal_x0_gain_is_one_over_sqrt_abar_T_for_eps_only():
+    from difflab.diffusion.process import GaussianDiffusion
+
+    composer = F.Composer("short")
+    runs, _, _ = F.plan(["schedule", "objective"], "short")
+    config = {r.slug: F.expected_config(r, composer) for r in runs}
+    cosine = GaussianDiffusion.from_schedule("cosine", 1000).alphas_cumprod[-1]
+    linear = GaussianDiffusion.from_schedule("linear", 1000).alphas_cumprod[-1]
+    assert F.terminal_x0_gain(config["default"]) == pytest.approx(float(cosine) ** -0.5, rel=1e-6)
+    assert F.terminal_x0_gain(config["schedule=linear"]) == pytest.approx(float(linear) ** -0.5, rel=1e-6)
+    assert F.terminal_x0_gain(config["default"]) > 1e4 > 1e3 > F.terminal_x0_gain(config["schedule=linear"]) > 1e2
+    assert F.terminal_x0_gain(config["objective=x0"]) is None and F.terminal_x0_gain(config["objective=v"]) is None
+
+
+def test_clip_notes_compare_fid_and_the_clamped_share(tmp_path):
+    labels = {(0.0, 10, True): "ddim10", (1.0, 10, True): "ddim10_eta1", (0.0, 10, False): "ddim10_noclip",
+              (1.0, 10, False): "ddim10_eta1_noclip"}
+    for s in range(3):
+        m = {"ddim10": {"fid": 5.0 + s, "clamped": 0.0}, "ddim10_eta1": {"fid": 3.0 + s, "clamped": 0.0},
+             "ddim10_noclip": {"fid": 60.0 + 2 * s, "clamped": 0.5}, "ddim10_eta1_noclip": {"fid": 60.0, "clamped": 0.7}}
+        _fake_result(tmp_path / "res", "default", s, m)
+    res = F.Results(tmp_path / "res", "short")
+    notes = F._clip_notes(res, "default", [0, 1, 2], "1500", [0.0, 1.0], [10], labels)
+    assert notes[0] == ("Investigation, clipping: 1500 steps, eta 0, 10 sampling steps: FID(clip off) - FID(clip on): "
+                        "difference +56 ± 0.58 SE (paired over 3 seeds), holds")
+    assert "clip on 0.00% (6 cells), clip off 60.00% (6 cells)" in notes[1]
+    assert len(notes) == 2  # no stored config: no closed form
+
+
 @pytest.mark.slow
 def test_report_from_results_only(tmp_path):
     """Without results every finding reads "not run yet" and no plot is drawn; with the EMA

@@ -158,6 +158,33 @@ def test_evaluate_names_the_result_and_keeps_the_samples(mnist, digits):
     assert again.scores == pytest.approx(result.scores, rel=1e-5)  # the same samples; features of other batches
 
 
+def test_clamped_count_is_what_quantisation_changes():
+    from difflab.evaluation.score import clamped_count
+
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 1.2
+    unclamped = torch.floor((x.double() + 1) / 2 * 255 + 0.5)  # to_uint8 before its clamp
+    assert clamped_count(x) == float(((unclamped < 0) | (unclamped > 255)).sum())
+    edge = torch.tensor([1.0, 1.0039, 1.0040, -1.0039, -1.0040, 0.0])
+    assert clamped_count(edge) == 2.0
+
+
+def test_evaluate_records_the_share_of_clamped_pixel_values(mnist, digits):
+    process = GaussianDiffusion.from_schedule("cosine", 100)
+    ev = Evaluator(mnist, n=6, extractor=digits)
+    sampler = DDIMSampler(num_steps=2, eta=0.0)
+
+    def first_row_out_of_range(x):
+        x = x.clamp(-1, 1).clone()
+        x[:, :, 0, :] = 1.5
+        return x
+
+    share = evaluate(lambda x, t: 0.5 * x, process, sampler, "eps", ev, batch_size=4,
+                     decode=first_row_out_of_range).values["clamped"]
+    assert share == pytest.approx(1 / 28)  # one row of 28 in every image
+    inside = evaluate(lambda x, t: 0.5 * x, process, sampler, "eps", ev, batch_size=4, decode=lambda x: x.clamp(-1, 1))
+    assert inside.values["clamped"] == 0.0 and not any(k.startswith("clamped") for k in inside.scores)
+
+
 def test_bad_input(mnist):
     with pytest.raises(ValueError, match="unknown metric"):
         Evaluator(mnist, metrics=["fid", "is"])

@@ -87,6 +87,7 @@ def draw(
     labels: torch.Tensor | None = None,
     guidance: Guidance | None = None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_images: Callable[[torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(batch index, samples)`` of the protocol's n samples, quantised to uint8 for
     image shapes (C, H, W) (the bytes a PNG holds), float for other shapes.
@@ -98,6 +99,8 @@ def draw(
     ``guidance`` the classifier-free guidance they are drawn with (:mod:`difflab.samplers.guidance`).
     ``decode`` maps the sampler's output to images in [-1, 1] before they are quantised: a latent
     model's first stage (``shape`` is then the latent shape, arXiv:2112.10752).
+    ``on_images`` is called with each batch of float images before they are quantised (e.g.
+    to count what :func:`clamped_count` counts).
     """
     if guidance is not None and labels is None:
         raise ValueError("guidance needs labels: give the n class labels (e.g. difflab.conditioning.balanced_labels)")
@@ -122,6 +125,8 @@ def draw(
             )
             if decode is not None:
                 x = decode(x)
+            if on_images is not None:
+                on_images(x)
             yield b, (to_uint8(x) if x.ndim == 4 else x.float()).cpu()
     finally:
         bar.close()
@@ -345,6 +350,13 @@ def _add_fake_features(metric: Any, features: torch.Tensor) -> None:
     metric._update_count += 1
 
 
+def clamped_count(x: torch.Tensor) -> torch.Tensor:
+    """How many values of images ``x`` (scale [-1, 1]) quantisation clamps: those more than half
+    a uint8 level outside [-1, 1], i.e. |x| > 1 + 1/255 (:func:`~difflab.utils.images.to_uint8`
+    rounds the rest to 0 or 255 as it would anyway). A float64 scalar on the CPU."""
+    return (x.detach().float().abs() > 1.0 + 1.0 / 255.0).sum().double().cpu()
+
+
 # --------------------------------------------------------------------------- the one path
 def evaluate(
     model: Callable[..., torch.Tensor],
@@ -389,6 +401,14 @@ def evaluate(
     accuracy = labels is not None and labels.ndim == 1 and getattr(evaluator, "scores_accuracy", lambda: False)()
     correct = torch.zeros((), dtype=torch.float64)
     drawn = torch.zeros((), dtype=torch.float64)
+    clamped = torch.zeros((), dtype=torch.float64)  # image values quantisation clamps, and of how many
+    pixels = torch.zeros((), dtype=torch.float64)
+    is_image = len(draw_shape) == 3 or decode is not None
+
+    def count_clamped(x: torch.Tensor) -> None:
+        nonlocal clamped, pixels
+        clamped = clamped + clamped_count(x)
+        pixels = pixels + x.numel()
     draw_guidance = guidance if isinstance(guidance, Guidance) else None
     if labels is not None and draw_guidance is None:
         draw_guidance = Guidance()  # purely conditional
@@ -396,7 +416,8 @@ def evaluate(
     def images() -> Iterator[torch.Tensor]:
         nonlocal correct, drawn
         for b, x in draw(model, process, sampler, prediction_type, draw_shape, n, seed,
-                         batch_size, device, progress=progress, labels=labels, guidance=draw_guidance, decode=decode):
+                         batch_size, device, progress=progress, labels=labels, guidance=draw_guidance, decode=decode,
+                         on_images=count_clamped if is_image else None):
             if keep_samples:
                 kept.append(x)
             if accuracy:
@@ -413,14 +434,17 @@ def evaluate(
         nfe = guided_nfe(process, sampler, prediction_type, draw_guidance)
         guidance = guidance_key(draw_guidance, nfe, label_scheme or "labels")
     metrics = list(evaluator.metrics)
+    totals = torch.stack([correct, drawn, clamped, pixels])
+    if dist_info()[1] > 1:  # every rank drew its share: the counts of all n samples
+        on = evaluator.extractor.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+        totals = totals.to(on)
+        torch.distributed.all_reduce(totals)
+    totals = totals.cpu()
     if accuracy:
-        totals = torch.stack([correct, drawn])
-        if dist_info()[1] > 1:
-            on = evaluator.extractor.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-            totals = totals.to(on)
-            torch.distributed.all_reduce(totals)
         values["acc"] = float(totals[0] / totals[1].clamp_min(1))
         metrics.append("acc")
+    if is_image:  # a diagnostic, not a metric: no protocol key (e.g. unclipped x_0 blowing up)
+        values["clamped"] = float(totals[2] / totals[3].clamp_min(1))
     scores = {protocol_key(m, evaluator.feature, part, n, guidance): values[m] for m in metrics}
     floor = evaluator.floor()
     rank, world = dist_info()
