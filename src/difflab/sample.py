@@ -222,7 +222,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             rows = _rows(result) + rows
         report = {"protocol": protocol, "metrics": {r["key"]: r["value"] for r in rows},
                   "floor": {} if result is None else result.floor, "rows": rows,
-                  "score_protocol": None if result is None else result.protocol}
+                  "score_protocol": None if result is None else result.protocol,
+                  # the share of sample pixel values quantisation clamped to [-1, 1] (a diagnostic)
+                  "clamped": None if result is None else result.values.get("clamped")}
         (out_dir / METRICS_NAME).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         print(format_table(rows))
         print(f"metrics -> {out_dir / METRICS_NAME}")

@@ -128,6 +128,7 @@ def test_metrics_table_and_json(tiny_ckpt, tmp_path, capsys):
     assert set(report["floor"]) == {"fid_floor/digits/n6", "kid_floor/digits/n6"}  # at the score's own n
     assert np.isfinite(report["floor"]["fid_floor/digits/n6"])
     assert report["score_protocol"]["n_real"] == 6 and report["score_protocol"]["real"]["split"] == "train"
+    assert 0.0 <= report["clamped"] <= 1.0  # the share of pixel values quantisation clamped
     assert [r["metric"] for r in result["metrics"]] == ["fid", "kid"]
     assert list((tmp_path / "cache").glob("*.npz")), "real statistics are cached"
 
