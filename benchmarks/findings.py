@@ -551,7 +551,7 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
                 row = guidance_sweep(m.backbone, m.process, sampler, m.objective.target, evaluator_of(ev_n), [ev["w"]],
                                      num_classes=int(num_classes), seed=run.seed, batch_size=batch, device=device)[0]
                 metrics[label] = {"fid": row["fid"], "kid": row["kid"], "kid_std": row["kid_std"], "acc": row["acc"],
-                                  "clamped": row["clamped"],
+                                  "clamped": row["clamped"], "overshoot": row["overshoot"],
                                   "nfe": row["nfe"], "key": row["fid_key"], "w": ev["w"], "n": ev_n, "sampler": repr(sampler),
                                   "weights": ev["weights"], "seconds": time.perf_counter() - t0}
                 continue
@@ -560,7 +560,7 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
         fid_key = next(k for k in res.scores if k.startswith("fid/"))
         kid_key = next(k for k in res.scores if k.startswith("kid/"))
         metrics[label] = {"fid": res.scores[fid_key], "kid": res.scores[kid_key], "kid_std": res.values.get("kid_std"),
-                          "clamped": res.values.get("clamped"),
+                          "clamped": res.values.get("clamped"), "overshoot": res.values.get("overshoot"),
                           "nfe": res.protocol["nfe"], "key": fid_key, "n": ev_n, "sampler": repr(sampler), "weights": ev["weights"],
                           "feature": feature, "seconds": time.perf_counter() - t0}
     evaluator_of(n)  # the run's n has its floor even when every evaluation set its own n
@@ -881,11 +881,16 @@ def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: li
     notes = ["Investigation, clipping: " + c.test()[1]]
     shares = {}
     for clip in (True, False):
-        got = [v for eta in etas for st in steps
-               for v in res.values(slug, seeds, label[(eta, st, clip)], "clamped").values()]
-        shares[clip] = f"{100 * sum(got) / len(got):.2f}% ({len(got)} cells)" if got else "not recorded"
-    notes.append(f"Investigation, clipping, {length} steps: share of sample pixel values outside [-1, 1] that "
-                 f"quantisation clamped, mean over every cell and seed: clip on {shares[True]}, clip off {shares[False]}")
+        got = [(v, (res.by[(slug, s)]["metrics"][label[(eta, st, clip)]]).get("overshoot"))
+               for eta in etas for st in steps
+               for s, v in res.values(slug, seeds, label[(eta, st, clip)], "clamped").items()]
+        over = [o for _, o in got if o is not None]
+        shares[clip] = "not recorded" if not got else (
+            f"{100 * sum(v for v, _ in got) / len(got):.2f}% of values clamped"
+            + (f", mean overshoot {sum(over) / len(over):.3g}" if len(over) == len(got) else "") + f" ({len(got)} cells)")
+    notes.append(f"Investigation, clipping, {length} steps: sample pixel values outside [-1, 1] that quantisation "
+                 f"clamped (mean over every cell and seed; overshoot: mean of |x| - 1 of the clamped values over all "
+                 f"values): clip on {shares[True]}; clip off {shares[False]}")
     config = next((res.by[(slug, s)].get("config") for s in seeds if (slug, s) in res.by), None)
     gain = terminal_x0_gain(config) if config else None
     if gain is not None:

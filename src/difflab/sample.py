@@ -223,8 +223,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         report = {"protocol": protocol, "metrics": {r["key"]: r["value"] for r in rows},
                   "floor": {} if result is None else result.floor, "rows": rows,
                   "score_protocol": None if result is None else result.protocol,
-                  # the share of sample pixel values quantisation clamped to [-1, 1] (a diagnostic)
-                  "clamped": None if result is None else result.values.get("clamped")}
+                  # the share of sample pixel values quantisation clamped to [-1, 1], and their mean
+                  # excess over all values (diagnostics)
+                  "clamped": None if result is None else result.values.get("clamped"),
+                  "overshoot": None if result is None else result.values.get("overshoot")}
         (out_dir / METRICS_NAME).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         print(format_table(rows))
         print(f"metrics -> {out_dir / METRICS_NAME}")

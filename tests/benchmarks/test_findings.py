@@ -139,14 +139,17 @@ def test_clip_notes_compare_fid_and_the_clamped_share(tmp_path):
     labels = {(0.0, 10, True): "ddim10", (1.0, 10, True): "ddim10_eta1", (0.0, 10, False): "ddim10_noclip",
               (1.0, 10, False): "ddim10_eta1_noclip"}
     for s in range(3):
-        m = {"ddim10": {"fid": 5.0 + s, "clamped": 0.0}, "ddim10_eta1": {"fid": 3.0 + s, "clamped": 0.0},
-             "ddim10_noclip": {"fid": 60.0 + 2 * s, "clamped": 0.5}, "ddim10_eta1_noclip": {"fid": 60.0, "clamped": 0.7}}
+        m = {"ddim10": {"fid": 5.0 + s, "clamped": 0.0, "overshoot": 0.0},
+             "ddim10_eta1": {"fid": 3.0 + s, "clamped": 0.0, "overshoot": 0.0},
+             "ddim10_noclip": {"fid": 60.0 + 2 * s, "clamped": 0.5, "overshoot": 2.0},
+             "ddim10_eta1_noclip": {"fid": 60.0, "clamped": 0.7, "overshoot": 4.0}}
         _fake_result(tmp_path / "res", "default", s, m)
     res = F.Results(tmp_path / "res", "short")
     notes = F._clip_notes(res, "default", [0, 1, 2], "1500", [0.0, 1.0], [10], labels)
     assert notes[0] == ("Investigation, clipping: 1500 steps, eta 0, 10 sampling steps: FID(clip off) - FID(clip on): "
                         "difference +56 ± 0.58 SE (paired over 3 seeds), holds")
-    assert "clip on 0.00% (6 cells), clip off 60.00% (6 cells)" in notes[1]
+    assert ("clip on 0.00% of values clamped, mean overshoot 0 (6 cells); "
+            "clip off 60.00% of values clamped, mean overshoot 3 (6 cells)") in notes[1]
     assert len(notes) == 2  # no stored config: no closed form
 
 

@@ -163,9 +163,12 @@ def test_clamped_count_is_what_quantisation_changes():
 
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 1.2
     unclamped = torch.floor((x.double() + 1) / 2 * 255 + 0.5)  # to_uint8 before its clamp
-    assert clamped_count(x) == float(((unclamped < 0) | (unclamped > 255)).sum())
-    edge = torch.tensor([1.0, 1.0039, 1.0040, -1.0039, -1.0040, 0.0])
-    assert clamped_count(edge) == 2.0
+    changed = (unclamped < 0) | (unclamped > 255)
+    count, overshoot = clamped_count(x).tolist()
+    assert count == float(changed.sum())
+    assert overshoot == pytest.approx(float((x.double().abs() - 1)[changed].sum()), rel=1e-5)
+    edge = torch.tensor([1.0, 1.0039, 1.0040, -1.0039, -1.5, 0.0])
+    assert clamped_count(edge).tolist() == pytest.approx([2.0, 0.504], rel=1e-4)
 
 
 def test_evaluate_records_the_share_of_clamped_pixel_values(mnist, digits):
@@ -178,11 +181,12 @@ def test_evaluate_records_the_share_of_clamped_pixel_values(mnist, digits):
         x[:, :, 0, :] = 1.5
         return x
 
-    share = evaluate(lambda x, t: 0.5 * x, process, sampler, "eps", ev, batch_size=4,
-                     decode=first_row_out_of_range).values["clamped"]
-    assert share == pytest.approx(1 / 28)  # one row of 28 in every image
+    values = evaluate(lambda x, t: 0.5 * x, process, sampler, "eps", ev, batch_size=4,
+                      decode=first_row_out_of_range).values
+    assert values["clamped"] == pytest.approx(1 / 28)  # one row of 28 in every image
+    assert values["overshoot"] == pytest.approx(0.5 / 28)  # each 0.5 beyond 1
     inside = evaluate(lambda x, t: 0.5 * x, process, sampler, "eps", ev, batch_size=4, decode=lambda x: x.clamp(-1, 1))
-    assert inside.values["clamped"] == 0.0 and not any(k.startswith("clamped") for k in inside.scores)
+    assert inside.values["clamped"] == inside.values["overshoot"] == 0.0 and not any(k.startswith("clamped") for k in inside.scores)
 
 
 def test_bad_input(mnist):

@@ -27,7 +27,7 @@ __all__ = ["COLUMNS", "DEFAULT_SCALES", "guidance_sweep", "plot_sweep", "write_s
 
 #: The w of the issue's table: unconditional, conditional, then guided.
 DEFAULT_SCALES: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)
-COLUMNS = ["w", "fid", "kid", "kid_std", "acc", "nfe", "n", "seconds", "fid_key", "clamped"]
+COLUMNS = ["w", "fid", "kid", "kid_std", "acc", "nfe", "n", "seconds", "fid_key", "clamped", "overshoot"]
 
 
 def guidance_sweep(
@@ -47,11 +47,12 @@ def guidance_sweep(
     progress: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per w: ``{w, fid, kid, kid_std, acc, nfe, n, seconds, fid_key, clamped, scores}``.
+    """One row per w: ``{w, fid, kid, kid_std, acc, nfe, n, seconds, fid_key, clamped, overshoot, scores}``.
 
     ``acc`` is None when the feature network is not a classifier of the data's classes;
-    ``clamped`` is the share of sample pixel values quantisation clamped to [-1, 1] (guidance
-    at large w pushes samples out of range, arXiv:2305.08891 sec. 3.4).
+    ``clamped`` is the share of sample pixel values quantisation clamped to [-1, 1] and
+    ``overshoot`` their mean excess over all values (guidance at large w pushes samples out of
+    range, arXiv:2305.08891 sec. 3.4).
     """
     if not scales:
         raise ValueError("scales is empty; give the guidance scales to sweep, e.g. 0,1,1.5,2,3,5")
@@ -75,6 +76,7 @@ def guidance_sweep(
             "seconds": time.perf_counter() - start,
             "fid_key": by_metric.get("fid", (None, None))[0],
             "clamped": result.values.get("clamped"),
+            "overshoot": result.values.get("overshoot"),
             "scores": result.scores,
         }
         rows.append(row)

@@ -351,10 +351,13 @@ def _add_fake_features(metric: Any, features: torch.Tensor) -> None:
 
 
 def clamped_count(x: torch.Tensor) -> torch.Tensor:
-    """How many values of images ``x`` (scale [-1, 1]) quantisation clamps: those more than half
-    a uint8 level outside [-1, 1], i.e. |x| > 1 + 1/255 (:func:`~difflab.utils.images.to_uint8`
-    rounds the rest to 0 or 255 as it would anyway). A float64 scalar on the CPU."""
-    return (x.detach().float().abs() > 1.0 + 1.0 / 255.0).sum().double().cpu()
+    """How many values of images ``x`` (scale [-1, 1]) quantisation clamps, and by how much in
+    all: a float64 tensor [count, summed overshoot] on the CPU. Clamped are the values more than
+    half a uint8 level outside [-1, 1], |x| > 1 + 1/255 (:func:`~difflab.utils.images.to_uint8`
+    rounds the rest to 0 or 255 as it would anyway); the overshoot of a clamped value is |x| - 1."""
+    a = x.detach().float().abs()
+    out = a > 1.0 + 1.0 / 255.0
+    return torch.stack([out.sum().double(), (a[out] - 1.0).sum().double()]).cpu()
 
 
 # --------------------------------------------------------------------------- the one path
@@ -401,8 +404,8 @@ def evaluate(
     accuracy = labels is not None and labels.ndim == 1 and getattr(evaluator, "scores_accuracy", lambda: False)()
     correct = torch.zeros((), dtype=torch.float64)
     drawn = torch.zeros((), dtype=torch.float64)
-    clamped = torch.zeros((), dtype=torch.float64)  # image values quantisation clamps, and of how many
-    pixels = torch.zeros((), dtype=torch.float64)
+    clamped = torch.zeros(2, dtype=torch.float64)  # image values quantisation clamps, their overshoot
+    pixels = torch.zeros((), dtype=torch.float64)  # of how many values
     is_image = len(draw_shape) == 3 or decode is not None
 
     def count_clamped(x: torch.Tensor) -> None:
@@ -434,7 +437,7 @@ def evaluate(
         nfe = guided_nfe(process, sampler, prediction_type, draw_guidance)
         guidance = guidance_key(draw_guidance, nfe, label_scheme or "labels")
     metrics = list(evaluator.metrics)
-    totals = torch.stack([correct, drawn, clamped, pixels])
+    totals = torch.cat([torch.stack([correct, drawn]), clamped, pixels[None]])
     if dist_info()[1] > 1:  # every rank drew its share: the counts of all n samples
         on = evaluator.extractor.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
         totals = totals.to(on)
@@ -443,8 +446,9 @@ def evaluate(
     if accuracy:
         values["acc"] = float(totals[0] / totals[1].clamp_min(1))
         metrics.append("acc")
-    if is_image:  # a diagnostic, not a metric: no protocol key (e.g. unclipped x_0 blowing up)
-        values["clamped"] = float(totals[2] / totals[3].clamp_min(1))
+    if is_image:  # diagnostics, not metrics: no protocol key (e.g. unclipped x_0 blowing up)
+        values["clamped"] = float(totals[2] / totals[4].clamp_min(1))  # the share of values clamped
+        values["overshoot"] = float(totals[3] / totals[4].clamp_min(1))  # mean of max(|x| - 1, 0) over all values
     scores = {protocol_key(m, evaluator.feature, part, n, guidance): values[m] for m in metrics}
     floor = evaluator.floor()
     rank, world = dist_info()
