@@ -881,13 +881,13 @@ def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: li
     notes = ["Investigation, clipping: " + c.test()[1]]
     shares = {}
     for clip in (True, False):
-        got = [(v, (res.by[(slug, s)]["metrics"][label[(eta, st, clip)]]).get("overshoot"))
-               for eta in etas for st in steps
-               for s, v in res.values(slug, seeds, label[(eta, st, clip)], "clamped").items()]
-        over = [o for _, o in got if o is not None]
-        shares[clip] = "not recorded" if not got else (
-            f"{100 * sum(v for v, _ in got) / len(got):.2f}% of values clamped"
-            + (f", mean overshoot {sum(over) / len(over):.3g}" if len(over) == len(got) else "") + f" ({len(got)} cells)")
+        cells = [label[(eta, st, clip)] for eta in etas for st in steps]
+        clamped = [v for lab in cells for v in res.values(slug, seeds, lab, "clamped").values()]
+        over = [v for lab in cells for v in res.values(slug, seeds, lab, "overshoot").values()]
+        shares[clip] = "not recorded" if not clamped else (
+            f"{100 * sum(clamped) / len(clamped):.2f}% of values clamped"
+            + (f", mean overshoot {sum(over) / len(over):.3g}" if len(over) == len(clamped) else "")
+            + f" ({len(clamped)} cells)")
     notes.append(f"Investigation, clipping, {length} steps: sample pixel values outside [-1, 1] that quantisation "
                  f"clamped (mean over every cell and seed; overshoot: mean of |x| - 1 of the clamped values over all "
                  f"values): clip on {shares[True]}; clip off {shares[False]}")

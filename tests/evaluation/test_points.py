@@ -33,3 +33,15 @@ def test_bad_input(moons):
         PointEvaluator(moons, metrics=["fid"])
     with pytest.raises(ValueError, match="n must"):
         PointEvaluator(moons, n=1)
+
+
+def test_point_samples_get_no_pixel_diagnostics(moons):
+    """Points are not quantised: evaluate records no clamped share or overshoot for them."""
+    from difflab.diffusion.process import GaussianDiffusion
+    from difflab.evaluation import evaluate
+    from difflab.samplers import DDIMSampler
+
+    ev = PointEvaluator(moons, n=20)
+    result = evaluate(lambda x, t: 0.5 * x, GaussianDiffusion.from_schedule("cosine", 50), DDIMSampler(num_steps=2),
+                      "eps", ev, batch_size=8)
+    assert result.scores and "clamped" not in result.values and "overshoot" not in result.values

@@ -99,8 +99,8 @@ def draw(
     ``guidance`` the classifier-free guidance they are drawn with (:mod:`difflab.samplers.guidance`).
     ``decode`` maps the sampler's output to images in [-1, 1] before they are quantised: a latent
     model's first stage (``shape`` is then the latent shape, arXiv:2112.10752).
-    ``on_images`` is called with each batch of float images before they are quantised (e.g.
-    to count what :func:`clamped_count` counts).
+    ``on_images`` is called with each batch of float images (N, C, H, W) just before it is
+    quantised (e.g. to count what :func:`clamped_count` counts); never for point data.
     """
     if guidance is not None and labels is None:
         raise ValueError("guidance needs labels: give the n class labels (e.g. difflab.conditioning.balanced_labels)")
@@ -125,7 +125,7 @@ def draw(
             )
             if decode is not None:
                 x = decode(x)
-            if on_images is not None:
+            if on_images is not None and x.ndim == 4:
                 on_images(x)
             yield b, (to_uint8(x) if x.ndim == 4 else x.float()).cpu()
     finally:
@@ -405,8 +405,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.float64)
     drawn = torch.zeros((), dtype=torch.float64)
     clamped = torch.zeros(2, dtype=torch.float64)  # image values quantisation clamps, their overshoot
-    pixels = torch.zeros((), dtype=torch.float64)  # of how many values
-    is_image = len(draw_shape) == 3 or decode is not None
+    pixels = torch.zeros((), dtype=torch.float64)  # of how many values (0: point data, nothing quantised)
 
     def count_clamped(x: torch.Tensor) -> None:
         nonlocal clamped, pixels
@@ -420,7 +419,7 @@ def evaluate(
         nonlocal correct, drawn
         for b, x in draw(model, process, sampler, prediction_type, draw_shape, n, seed,
                          batch_size, device, progress=progress, labels=labels, guidance=draw_guidance, decode=decode,
-                         on_images=count_clamped if is_image else None):
+                         on_images=count_clamped):
             if keep_samples:
                 kept.append(x)
             if accuracy:
@@ -446,7 +445,7 @@ def evaluate(
     if accuracy:
         values["acc"] = float(totals[0] / totals[1].clamp_min(1))
         metrics.append("acc")
-    if is_image:  # diagnostics, not metrics: no protocol key (e.g. unclipped x_0 blowing up)
+    if totals[4] > 0:  # diagnostics, not metrics: no protocol key (e.g. unclipped x_0 blowing up)
         values["clamped"] = float(totals[2] / totals[4].clamp_min(1))  # the share of values clamped
         values["overshoot"] = float(totals[3] / totals[4].clamp_min(1))  # mean of max(|x| - 1, 0) over all values
     scores = {protocol_key(m, evaluator.feature, part, n, guidance): values[m] for m in metrics}
