@@ -34,7 +34,8 @@ the budget, the commands, the W&B groups, and a verdict computed from the figure
 holds when the difference in the paper's direction exceeds 2 standard errors (paired by seed
 when both sides come from the same checkpoints, Welch's otherwise), is contradicted when it
 exceeds 2 standard errors the other way; "reproduced" when every claim holds, "not reproduced"
-when one is contradicted, "inconclusive" otherwise, "not run yet" while runs are missing.
+when one is contradicted, "inconclusive" otherwise; "pending" while some runs are missing
+("not run yet" while all are).
 Nothing is estimated: a missing figure reads "not run yet".
 
 Budgets: short (the default; 1,500 steps, n = 1,000, seeds 0-2), full (``--full``; a GPU) and
@@ -728,8 +729,10 @@ class Claim:
 
 
 def verdict(claims: list[Claim], done: int, total: int) -> tuple[str, list[str]]:
+    if done == 0:
+        return "not run yet", [f"0 of {total} runs have results"]
     if done < total:
-        return "not run yet", [f"{done} of {total} runs have results"]
+        return "pending", [f"{done} of {total} runs have results; the verdict waits for the rest"]
     tested = [c.test() for c in claims]
     outcomes = [o for o, _ in tested]
     lines = [line for _, line in tested]

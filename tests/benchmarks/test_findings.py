@@ -104,7 +104,7 @@ def test_verdict_words():
     assert F.verdict([agree, reverse], 6, 6)[0] == "not reproduced"
     assert F.verdict([agree, unclear], 6, 6)[0] == "inconclusive"
     word, why = F.verdict([agree], 5, 6)
-    assert word == "not run yet" and why == ["5 of 6 runs have results"]
+    assert word == "pending" and why == ["5 of 6 runs have results; the verdict waits for the rest"]
 
 
 def test_cell_never_estimates():
@@ -186,7 +186,7 @@ def test_report_from_results_only(tmp_path):
             "-1 ± 0 SE (paired over 3 seeds), reversed (eta 0: 5.00 ± 1.00, eta 1: 4.00 ± 1.00)") in ddim
     assert (tmp_path / "plots" / "ema.png").is_file()
     # the other findings that use the default arm still lack figures or runs
-    assert text.split("## 2.")[1].split("## 3.")[0].count("**Verdict: not run yet.**") == 1
+    assert text.split("## 2.")[1].split("## 3.")[0].count("**Verdict: pending.**") == 1
 
 
 def test_plan_shares_the_default_arm():
