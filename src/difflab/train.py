@@ -88,7 +88,7 @@ def run(cfg: DictConfig) -> float | None:
         return done.get("metric")
     # 1. validate everything that is cheap to validate, before anything heavy is built
     validate_config(cfg)
-    tune_malloc(bool(cfg.get("malloc_tuning", True)))  # CPU speed: freed memory is reused, not faulted in again
+    tune_malloc(cfg.get("malloc_tuning", True))  # CPU speed: freed memory is reused, not faulted in again
     scrub_run_dir(cfg.paths.output_dir, cfg)  # secrets out of the .hydra/*.yaml Hydra wrote
     config_dict = to_plain_dict(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the initial weights follow cfg.seed

@@ -87,7 +87,7 @@ def test_tune_malloc_is_idempotent_and_false_leaves_it(monkeypatch):
     assert rt.tune_malloc() is False and not rt.malloc_tuned()
 
 
-@pytest.mark.parametrize("value", ["yes", "1"])
+@pytest.mark.parametrize("value", ["yes", "1", "null"])
 def test_malloc_tuning_takes_a_boolean(value):
     with pytest.raises(ConfigError, match="malloc_tuning"):
         validate_config(compose_train([f"malloc_tuning={value}"]))

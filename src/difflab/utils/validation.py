@@ -76,9 +76,9 @@ def _int(cfg: DictConfig, key: str, minimum: int, allowed_extra: tuple[int, ...]
         raise ConfigError(f"{key} must be an integer >= {minimum}{extra}, got {value!r}")
 
 
-def _bool(cfg: DictConfig, key: str) -> None:
+def _bool(cfg: DictConfig, key: str, nullable: bool = True) -> None:
     value = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if value is not None and not isinstance(value, bool):
+    if (value is not None or not nullable) and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
@@ -102,8 +102,10 @@ def check_run_settings(cfg: DictConfig) -> None:
     _int(cfg, "seed", minimum=0)
     _int(cfg, "lr_warmup_steps", minimum=0)
     _int(cfg, "max_consecutive_nonfinite", minimum=1)
-    for key in ("compile", "channels_last", "malloc_tuning"):
+    for key in ("compile", "channels_last"):
         _bool(cfg, key)
+    if "malloc_tuning" in cfg:
+        _bool(cfg, "malloc_tuning", nullable=False)  # null would read as false in one script and fail in the other
     if "trainer" in cfg:
         _int(cfg, "trainer.max_steps", minimum=1, allowed_extra=(-1,))
         _int(cfg, "trainer.accumulate_grad_batches", minimum=1)
