@@ -974,7 +974,44 @@ def section_solvers(spec: Spec, res: Results, arms: dict) -> Section:
                 if ref:
                     claims.append(Claim(f"FID {lab} against {ref}: DDIM - {name}", res.values(slug, seeds, lab),
                                         res.values(slug, seeds, ref), True))
-    return Section(["sampler", "NFE", "protocol", "FID"], rows, [("FID against NFE", "NFE", "FID", series)], claims)
+    config = next((res.by[(slug, s)].get("config") for s in seeds if (slug, s) in res.by), None)
+    notes = karras_grid_notes(config, evs) if config else []
+    return Section(["sampler", "NFE", "protocol", "FID"], rows, [("FID against NFE", "NFE", "FID", series)], claims,
+                   notes)
+
+
+EDM_SIGMA_MAX = 80.0  # Karras et al. 2022, Table 1: EDM's highest noise level
+
+
+def karras_grid_notes(config: dict[str, Any], evs: list[tuple[str, dict]]) -> list[str]:
+    """The noise levels each Karras-grid sampler steps through under the run's schedule (its
+    stored config): how many steps start above EDM's sigma_max = 80 (the image there is noise to
+    within 1/80 of its scale) and the widest step that ends below sigma 1 (where digits' strokes
+    form), as a ratio of noise levels. Closed forms of the grid, no figure of a run."""
+    import hydra
+
+    from difflab.samplers.base import vp_sigmas
+
+    if not config.get("schedule"):
+        return []
+    process = hydra.utils.instantiate(config["schedule"])
+    table = vp_sigmas(process)
+    notes = []
+    for lab, ev in evs:
+        sampler = build_sampler(ev["sampler"])
+        if not getattr(sampler, "use_karras_sigmas", False):
+            continue
+        sigmas = [float(x) for x in sampler.grid(process)[1][:-1]]  # the last level, 0, is the clean sample
+        high = sum(a > EDM_SIGMA_MAX for a in sigmas[:-1])
+        low = [(a / b, a, b) for a, b in zip(sigmas, sigmas[1:]) if b < 1.0]
+        widest = max(low, default=None)
+        notes.append(
+            f"Grid of {lab} (Karras et al. eq. 5, rho {sampler.rho:g}, from sigma(T - 1) = {sigmas[0]:.4g} of this "
+            f"schedule to sigma(0) = {float(table[0]):.3g}): " + ", ".join(f"{x:.3g}" for x in sigmas) + ", then 0; "
+            f"{high} of its {len(sigmas) - 1} steps between noise levels start above sigma {EDM_SIGMA_MAX:g} (EDM's sigma_max)"
+            + (f"; its widest step that ends below sigma 1 goes from {widest[1]:.3g} to {widest[2]:.3g} "
+               f"(a factor of {widest[0]:.3g})" if widest else ""))
+    return notes
 
 
 def section_objective(spec: Spec, res: Results, arms: dict) -> Section:

@@ -135,6 +135,25 @@ def test_terminal_x0_gain_is_one_over_sqrt_abar_T_for_eps_only():
     assert F.terminal_x0_gain(config["objective=x0"]) is None and F.terminal_x0_gain(config["objective=v"]) is None
 
 
+def test_karras_grid_notes_follow_eq_5_under_the_run_schedule():
+    from difflab.diffusion.process import GaussianDiffusion
+
+    composer = F.Composer("short")
+    runs, _, _ = F.plan(["solvers"], "short")
+    config = F.expected_config(runs[0], composer)
+    ab = GaussianDiffusion.from_schedule("cosine", 1000).alphas_cumprod.double().clamp(min=2.0**-24)
+    smin, smax = float(((1 - ab[0]) / ab[0]).sqrt()), float(((1 - ab[-1]) / ab[-1]).sqrt())
+    grid = [(smax ** (1 / 7) + i / 4 * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7 for i in range(5)]  # eq. 5, 5 levels
+    heun = {"sampler": {"name": "heun", "num_steps": 5, "use_karras_sigmas": True}}
+    ddim = {"sampler": {"name": "ddim", "num_steps": 10}}
+    notes = F.karras_grid_notes(config, [("ddim10", ddim), ("heun_karras_nfe9", heun)])
+    assert len(notes) == 1 and notes[0].startswith("Grid of heun_karras_nfe9 ")  # DDIM has no Karras grid
+    assert ": " + ", ".join(f"{x:.3g}" for x in grid) + ", then 0; " in notes[0]
+    above = sum(x > 80 for x in grid[:-1])
+    assert f"{above} of its 4 steps between noise levels start above sigma 80" in notes[0]
+    assert f"goes from {grid[3]:.3g} to {grid[4]:.3g} (a factor of {grid[3] / grid[4]:.3g})" in notes[0]
+
+
 def test_clip_notes_compare_fid_and_the_clamped_share(tmp_path):
     labels = {(0.0, 10, True): "ddim10", (1.0, 10, True): "ddim10_eta1", (0.0, 10, False): "ddim10_noclip",
               (1.0, 10, False): "ddim10_eta1_noclip"}
