@@ -276,12 +276,8 @@ def build_sampler(options: dict[str, Any]):
 
 
 def sampler_label(options: dict[str, Any], num_timesteps: int = 1000) -> str:
-    """The sampler's protocol part (``ddim10_eta0.2``), ``_noclip`` when x_0 is not clipped."""
-    sampler = build_sampler(options)
-    label = sampler.key_part(num_timesteps)
-    if not getattr(sampler, "clip_sample", True) and not getattr(sampler, "dynamic_thresholding", False):
-        label += "_noclip"
-    return label
+    """The sampler's protocol part (``ddim10_eta0.2``; ``ddim10_noclip`` when x_0 is not clipped)."""
+    return build_sampler(options).key_part(num_timesteps)
 
 
 def expand_evaluations(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

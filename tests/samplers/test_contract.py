@@ -159,6 +159,16 @@ def test_nfe_counts_network_calls(sampler: Sampler, process) -> None:
         (HeunSampler(num_steps=18, spacing="leading", steps_offset=1), "heun_leading_offset1_nfe35"),
         (UniPCSampler(num_steps=10), "unipc_nfe10"),
         (UniPCSampler(num_steps=10, order=3, solver_type="bh1"), "unipc3_bh1_nfe10"),
+        # options that change the samples are named, so that no two protocols share a key
+        (DDIMSampler(num_steps=10, eta=1.0, clip_sample=False), "ddim10_eta1_noclip"),
+        (DDIMSampler(num_steps=10, spacing="leading"), "ddim10_leading"),
+        (DDIMSampler(num_steps=10, spacing="leading", steps_offset=1, clip_range=2.0), "ddim10_leading_offset1_clip2"),
+        (DDPMSampler(variance_type="fixed_large"), "ddpm1000_fixed_large"),
+        (DDPMSampler(spacing="trailing"), "ddpm1000"),  # every timestep: the spacing changes nothing
+        (DDPMSampler(num_steps=100, spacing="trailing", clip_sample=False), "ddpm100_trailing_noclip"),
+        (DPMSolverSampler(num_steps=10, dynamic_thresholding=True), "dpmpp2m_nfe10_dynthresh0.995"),
+        (HeunSampler(num_steps=10, use_karras_sigmas=True, clip_sample=False), "heun_karras_nfe19_noclip"),
+        (UniPCSampler(num_steps=10, dynamic_thresholding=True, sample_max_value=2.0), "unipc_nfe10_dynthresh0.995_max2"),
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )

@@ -26,6 +26,10 @@ step-count names, ``ddpm<steps>`` and ``ddim<steps>[_eta<eta>]`` (``ddpm1000``, 
 method and each result-changing option that is not at its default, in a fixed order
 (``dpmpp2m_nfe10``, ``dpmpp3m_sde_karras_nfe20``, ``heun_karras_nfe19``, ``euler_a_nfe20``,
 ``unipc_nfe10``). NFE counts network evaluations, not steps (Heun: 2 per step but the last).
+Every key then names the x_0 post-processing when it is not the default clip to [-1, 1]
+(``ddim10_eta1_noclip``, ``dpmpp2m_nfe20_dynthresh0.995``); DDPM and DDIM also name a spacing
+off their default (``ddim50_leading``) and DDPM a variance off ``fixed_small``
+(``ddpm1000_fixed_large``), so that results which are not comparable never share a key.
 """
 
 from __future__ import annotations
@@ -390,6 +394,8 @@ class Sampler:
 
     #: The sampler's option name in the ``sampler`` config group (and its registry key).
     name: ClassVar[str] = ""
+    #: The default spacing, left out of the metric key.
+    default_spacing: ClassVar[str] = "trailing"
 
     def __init__(
         self,
@@ -442,8 +448,31 @@ class Sampler:
         return self.steps(num_train_timesteps)
 
     def key_part(self, num_train_timesteps: int) -> str:
-        """The sampler's part of a metric key (scheme in the module docstring), e.g. ``ddpm1000``."""
-        return f"{self.name}{self.nfe(num_train_timesteps)}"
+        """The sampler's part of a metric key (scheme in the module docstring), e.g. ``ddpm1000``:
+        ``<name><steps>``, then :meth:`option_suffix`, :meth:`spacing_suffix` (off the default
+        spacing, on a grid that skips timesteps) and :meth:`x0_suffix`."""
+        T = int(num_train_timesteps)
+        spacing = self.spacing_suffix() if self.steps(T) < T else ""
+        return f"{self.name}{self.nfe(T)}{self.option_suffix()}{spacing}{self.x0_suffix()}"
+
+    def option_suffix(self) -> str:
+        """The method's own result-changing options off their defaults (DDIM: ``_eta1``)."""
+        return ""
+
+    def spacing_suffix(self) -> str:
+        """``_<spacing>`` off the sampler's default spacing (``_leading_offset1`` with an offset)."""
+        suffix = "" if self.spacing == self.default_spacing else f"_{self.spacing}"
+        return suffix + (f"_offset{self.steps_offset}" if self.steps_offset and self.spacing == "leading" else "")
+
+    def x0_suffix(self) -> str:
+        """How x_0 estimates are post-processed, off the default (clip to [-1, 1]):
+        ``_noclip``, ``_clip<range>``, or ``_dynthresh<ratio>`` (``_max<s>`` off s = 1)."""
+        if self.dynamic_thresholding:
+            return f"_dynthresh{self.dynamic_thresholding_ratio:g}" + (
+                f"_max{self.sample_max_value:g}" if self.sample_max_value != 1 else "")
+        if not self.clip_sample:
+            return "_noclip"
+        return f"_clip{self.clip_range:g}" if self.clip_range != 1 else ""
 
     def timesteps(self, num_train_timesteps: int) -> Tensor:
         """Descending LongTensor of the timesteps this sampler visits (``num_steps`` None = all T)."""
@@ -566,9 +595,6 @@ class SigmaSampler(Sampler):
     solver uses; pass ``clip_sample=False`` to integrate the unclipped ODE.
     """
 
-    #: The default spacing, left out of the metric key.
-    default_spacing: ClassVar[str] = "trailing"
-
     def __init__(
         self,
         num_steps: int,
@@ -671,12 +697,11 @@ class SigmaSampler(Sampler):
             if self.sigma_max is not None:
                 part += f"_smax{self.sigma_max:g}"
             return part
-        suffix = "" if self.spacing == self.default_spacing else f"_{self.spacing}"
-        return suffix + (f"_offset{self.steps_offset}" if self.steps_offset and self.spacing == "leading" else "")
+        return self.spacing_suffix()
 
     def key_part(self, num_train_timesteps: int) -> str:
-        """``<variant>_nfe<NFE>``, e.g. ``dpmpp2m_nfe10`` or ``heun_karras_nfe19``."""
-        return f"{self.variant()}_nfe{self.nfe(num_train_timesteps)}"
+        """``<variant>_nfe<NFE>``, e.g. ``dpmpp2m_nfe10`` or ``heun_karras_nfe19``, then :meth:`x0_suffix`."""
+        return f"{self.variant()}_nfe{self.nfe(num_train_timesteps)}{self.x0_suffix()}"
 
     # ------------------------------------------------------------------ shared pieces of a step
     def denoise(

@@ -52,10 +52,9 @@ class DDIMSampler(Sampler):
         )
         self.eta = float(eta)
 
-    def key_part(self, num_train_timesteps: int) -> str:
-        """``ddim50``, or ``ddim50_eta1`` when eta != 0."""
-        part = super().key_part(num_train_timesteps)
-        return part if self.eta == 0 else f"{part}_eta{self.eta:g}"
+    def option_suffix(self) -> str:
+        """``_eta<eta>`` when eta != 0: ``ddim50``, ``ddim50_eta1``."""
+        return "" if self.eta == 0 else f"_eta{self.eta:g}"
 
     def step(
         self,

@@ -27,6 +27,7 @@ class DDPMSampler(Sampler):
     """
 
     name = "ddpm"
+    default_spacing = "leading"
 
     def __init__(
         self,
@@ -55,6 +56,10 @@ class DDPMSampler(Sampler):
             steps_offset=steps_offset,
         )
         self.variance_type = variance_type
+
+    def option_suffix(self) -> str:
+        """``_fixed_large`` when the variance is not the default ``fixed_small``."""
+        return "" if self.variance_type == "fixed_small" else f"_{self.variance_type}"
 
     def step(
         self,
