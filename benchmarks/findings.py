@@ -31,9 +31,10 @@ expands each grid into runs (arm x seed) and, for each run that has no result ye
 Then it writes ``benchmarks/findings.md`` (``findings_full.md`` for ``--full``) from those JSON
 files only: per finding a table (mean ± std over seeds), a plot (``benchmarks/findings/plots/``),
 the budget, the commands, the W&B groups, and a verdict computed from the figures: a claim
-holds when the difference in the paper's direction exceeds 2 standard errors (paired by seed
-when both sides come from the same checkpoints, Welch's otherwise), is contradicted when it
-exceeds 2 standard errors the other way; "reproduced" when every claim holds, "not reproduced"
+holds when the difference in the paper's direction is significant in a two-sided t-test at 5%
+(paired by seed when both sides come from the same checkpoints, Welch's otherwise: with 3
+seeds paired the difference must exceed 4.30 standard errors), is contradicted when it is
+significant the other way; "reproduced" when every claim holds, "not reproduced"
 when one is contradicted, "inconclusive" otherwise; "pending" while some runs are missing
 ("not run yet" while all are).
 Nothing is estimated: a missing figure reads "not run yet".
@@ -56,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,8 +354,25 @@ def plan(names: list[str], budget: str) -> tuple[list[Run], dict[str, Spec], dic
                 if name not in run.findings:
                     run.findings.append(name)
                 run.evaluations.update(evals)
+    # one label, one protocol: a label several findings ask for is scored at the same n on every
+    # arm (the run's own n when a finding leaves n unset, else the largest n asked), so that the
+    # order of the findings never decides it and a cell means the same thing on every arm
+    chosen = {}
+    for spec in specs.values():
+        for label, ev in expand_evaluations(spec.evaluate).items():
+            if label not in chosen or _more_samples(ev, chosen[label]):
+                chosen[label] = ev
+    for run in runs.values():
+        run.evaluations = {label: chosen[label] for label in run.evaluations}
     selected = [r for r in runs.values() if any(f in names for f in r.findings)]
     return selected, specs, arms
+
+
+def _more_samples(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether evaluation ``a`` draws more samples than ``b`` (no ``n``: the run's own, taken as the most)."""
+    if "n" not in b:
+        return False
+    return "n" not in a or int(a["n"]) > int(b["n"])
 
 
 
@@ -679,12 +698,26 @@ def stats(xs: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan), len(xs)
 
 
+#: The number of seeds the finding being rendered plans (set by :func:`write_report`): a cell
+#: over fewer says how many it holds.
+PLANNED_SEEDS = 0
+
+
 def cell(xs: list[float], digits: int = 2, scale: float = 1.0) -> str:
-    """``mean ± std`` over seeds, or "not run yet"."""
+    """``mean ± std`` over seeds (``(k seeds)`` after it when fewer than planned), or "not run yet"."""
     m, s, n = stats([x * scale for x in xs if x is not None])
     if n == 0:
         return "not run yet"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f} (1 seed)"
+    if n == 1:
+        return f"{m:.{digits}f} (1 seed)"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({n} seeds)" if n < PLANNED_SEEDS else "")
+
+
+def t_critical(df: float) -> float:
+    """The two-sided 5% critical value of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 @dataclass
@@ -696,32 +729,49 @@ class Claim:
     high: dict[int, float]
     paired: bool
     directed: bool = True  # False: a difference reported without a published direction
+    n_low: dict[int, int] = field(default_factory=dict)  # seed -> samples per score, where recorded
+    n_high: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def finite(d: dict[int, float]) -> dict[int, float]:
+            return {k: float(v) for k, v in d.items() if v is not None and not math.isnan(float(v))}
+
+        self.low, self.high = finite(self.low), finite(self.high)
 
     def test(self) -> tuple[str, str]:
-        """("agrees" | "contradicts" | "unclear" | "missing", the figure behind it)."""
+        """("agrees" | "contradicts" | "unclear" | "missing", the figure behind it): a two-sided
+        t-test at 5% on the difference high - low (paired over seeds, or Welch's)."""
         if not self.low and not self.high:
             return "missing", f"{self.text}: not run yet"
+        ns = set(self.n_low.values()), set(self.n_high.values())
+        if ns[0] and ns[1] and ns[0] != ns[1]:  # FID's bias falls as n grows: such scores are not comparable
+            show = [",".join(f"{x:,d}" for x in sorted(v)) for v in ns]
+            return "missing", f"{self.text}: not comparable (scored at n = {show[1]} against n = {show[0]})"
         if self.paired:
             seeds = sorted(set(self.low) & set(self.high))
             diffs = [self.high[s] - self.low[s] for s in seeds]
             if len(diffs) < 2:
                 return "missing", f"{self.text}: fewer than 2 seeds"
             d, sd, k = stats(diffs)
-            se = sd / math.sqrt(k)
+            se, df = sd / math.sqrt(k), k - 1
             how = f"paired over {k} seeds"
         else:
             a, b = list(self.low.values()), list(self.high.values())
             if len(a) < 2 or len(b) < 2:
                 return "missing", f"{self.text}: fewer than 2 seeds"
             (ma, sa, na), (mb, sb, nb) = stats(a), stats(b)
-            d, se = mb - ma, math.sqrt(sa**2 / na + sb**2 / nb)
-            how = f"Welch, {na} and {nb} seeds"
-        outcome = "agrees" if d > 2 * se else "contradicts" if d < -2 * se else "unclear"
+            va, vb = sa**2 / na, sb**2 / nb
+            d, se = mb - ma, math.sqrt(va + vb)
+            df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1)) if va + vb > 0 else na + nb - 2  # Welch-Satterthwaite
+            how = f"Welch, {na} and {nb} seeds, df {df:.3g}"
+        crit = t_critical(df)
+        outcome = "agrees" if d > crit * se else "contradicts" if d < -crit * se else "unclear"
         if self.directed:
-            word = {"agrees": "holds", "contradicts": "reversed", "unclear": "within 2 SE"}[outcome]
+            word = {"agrees": "holds", "contradicts": "reversed", "unclear": "not significant"}[outcome]
         else:
-            word = {"agrees": "positive beyond 2 SE", "contradicts": "negative beyond 2 SE", "unclear": "within 2 SE"}[outcome]
-        return outcome, f"{self.text}: difference {d:+.3g} ± {se:.2g} SE ({how}), {word}"
+            word = {"agrees": "positive", "contradicts": "negative", "unclear": "not significant"}[outcome]
+        return outcome, (f"{self.text}: difference {d:+.3g} ± {se:.2g} SE ({how}; 5% two-sided needs {crit:.3g} SE), "
+                         f"{word}")
 
 
 def verdict(claims: list[Claim], done: int, total: int) -> tuple[str, list[str]]:
@@ -769,6 +819,22 @@ class Results:
             if m is not None and m.get(metric) is not None:
                 out[s] = float(m[metric])
         return out
+
+    def ns(self, arm: str, seeds: list[int], label: str) -> dict[int, int]:
+        """seed -> the number of samples behind a score (where the record says)."""
+        out = {}
+        for s in seeds:
+            m = (self.by.get((arm, s)) or {}).get("metrics", {}).get(label)
+            if m is not None and m.get("n") is not None:
+                out[s] = int(m["n"])
+        return out
+
+    def claim(self, text: str, low: tuple[str, str], high: tuple[str, str], seeds: list[int], paired: bool,
+              directed: bool = True, metric: str = "fid") -> Claim:
+        """A :class:`Claim` on two (arm, label) scores, with their sample counts, so that scores
+        at different n are never compared."""
+        return Claim(text, self.values(low[0], seeds, low[1], metric), self.values(high[0], seeds, high[1], metric),
+                     paired, directed, self.ns(low[0], seeds, low[1]), self.ns(high[0], seeds, high[1]))
 
     def curve(self, arm: str, seeds: list[int]) -> dict[int, dict[int, float]]:
         """step -> seed -> FID, from the runs' FID-callback curves."""
@@ -818,6 +884,16 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
     label = {(float(ev["sampler"]["eta"]), int(ev["sampler"]["num_steps"]), bool(ev["sampler"].get("clip_sample", True))): lab
              for lab, ev in evs}
     rows, panels, claims, notes = [], [], [], []
+    # the grid's own n; a cell another finding shares is scored at that finding's n (the suite
+    # scores a label at one n on every arm): such cells carry a mark and a note
+    grid_n = max((Counter(int(ev["n"]) for _, ev in evs if "n" in ev) or Counter({0: 1})).items(), key=lambda x: x[1])[0]
+    marked: set[int] = set()
+
+    def mark(ns: dict[int, int]) -> str:
+        other = sorted(set(ns.values()) - {grid_n})
+        marked.update(other)
+        return f" (n {','.join(f'{x:,d}' for x in other)})" if grid_n and other else ""
+
     for length, slug in lengths:
         for clip in clips:
             series = {}
@@ -826,10 +902,12 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
             panels.append((f"{length} training steps, {'clipped' if clip else 'unclipped'} x0", "sampling steps", "FID", series))
             for st in steps:
                 rows.append([f"{length}", "yes" if clip else "no", str(st),
-                             *(cell(list(res.values(slug, seeds, label[(eta, st, clip)]).values())) for eta in etas)])
+                             *(cell(list(res.values(slug, seeds, label[(eta, st, clip)]).values()))
+                               + mark(res.ns(slug, seeds, label[(eta, st, clip)])) for eta in etas)])
             lo, hi = min(etas), max(etas)
-            c = Claim(f"{length} steps, clip {'on' if clip else 'off'}, {steps[0]} sampling steps: FID(eta {hi:g}) - FID(eta {lo:g})",
-                      res.values(slug, seeds, label[(lo, steps[0], clip)]), res.values(slug, seeds, label[(hi, steps[0], clip)]), True)
+            c = res.claim(f"{length} steps, clip {'on' if clip else 'off'}, {steps[0]} sampling steps: "
+                          f"FID(eta {hi:g}) - FID(eta {lo:g})", (slug, label[(lo, steps[0], clip)]),
+                          (slug, label[(hi, steps[0], clip)]), seeds, True)
             if length == lengths[0][0] and clip:
                 claims.append(c)  # the paper's setting: clipped, the budget's checkpoint, the fewest steps
             else:
@@ -846,10 +924,14 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                 if len(es) < 2:
                     continue
                 lo, hi = es[0], es[-1]
-                c = Claim(f"{length} steps, clip on, {st} sampling steps, {space} features: FD(eta {hi:g}) - FD(eta {lo:g})",
-                          res.values(slug, seeds, cells[(lo, st)]), res.values(slug, seeds, cells[(hi, st)]), True)
+                c = res.claim(f"{length} steps, clip on, {st} sampling steps, {space} features: FD(eta {hi:g}) - FD(eta {lo:g})",
+                              (slug, cells[(lo, st)]), (slug, cells[(hi, st)]), seeds, True)
                 notes.append("Investigation, " + c.test()[1] + " (" + ", ".join(
                     f"eta {e:g}: {cell(list(res.values(slug, seeds, cells[(e, st)]).values()))}" for e in es) + ")")
+    if grid_n and marked:
+        notes.insert(0, f"Cells marked (n ...) are scored at that n, not the grid's n = {grid_n:,d}: other findings share "
+                        "them, and the suite scores a sampler at one n on every arm. FID falls as n grows, so compare "
+                        "such a cell only with cells at its n; a claim between different n reads 'not comparable'.")
     return Section(["training steps", "clip x0", "sampling steps", *(f"FID eta {e:g}" for e in etas)], rows, panels, claims,
                    notes)
 
@@ -874,9 +956,13 @@ def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: li
     (eta 0, fewest steps), the share of sample pixel values that quantisation clamped with and
     without clipping (over every cell and seed), and the schedule's closed-form x_0 gain at t = T."""
     lo = min(etas)
-    c = Claim(f"{length} steps, eta {lo:g}, {steps[0]} sampling steps: FID(clip off) - FID(clip on)",
-              res.values(slug, seeds, label[(lo, steps[0], True)]), res.values(slug, seeds, label[(lo, steps[0], False)]),
-              True)
+
+    def pair(st: int) -> Claim:  # no direction: the paper does not compare clipping
+        return res.claim(f"{length} steps, eta {lo:g}, {st} sampling steps: FID(clip off) - FID(clip on)",
+                         (slug, label[(lo, st, True)]), (slug, label[(lo, st, False)]), seeds, True, directed=False)
+
+    # the fewest sampling steps whose two cells share an n (a cell shared with another finding may have another)
+    c = next((pair(st) for st in steps if "not comparable" not in pair(st).test()[1]), pair(steps[0]))
     notes = ["Investigation, clipping: " + c.test()[1]]
     shares = {}
     for clip in (True, False):
@@ -888,8 +974,8 @@ def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: li
             + (f", mean overshoot {sum(over) / len(over):.3g}" if len(over) == len(clamped) else "")
             + f" ({len(clamped)} cells)")
     notes.append(f"Investigation, clipping, {length} steps: sample pixel values outside [-1, 1] that quantisation "
-                 f"clamped (mean over every cell and seed; overshoot: mean of |x| - 1 of the clamped values over all "
-                 f"values): clip on {shares[True]}; clip off {shares[False]}")
+                 f"clamped (mean over every cell and seed; overshoot: the excess |x| - 1 of the clamped values, "
+                 f"summed and divided by the number of all values): clip on {shares[True]}; clip off {shares[False]}")
     config = next((res.by[(slug, s)].get("config") for s in seeds if (slug, s) in res.by), None)
     gain = terminal_x0_gain(config) if config else None
     if gain is not None:
@@ -968,8 +1054,8 @@ def section_solvers(spec: Spec, res: Results, arms: dict) -> Section:
             if name != "ddim":
                 ref = ddim.get(nfe) or ddim.get(nfe + 1)  # Heun's 2s - 1 NFE against DDIM's next even count
                 if ref:
-                    claims.append(Claim(f"FID {lab} against {ref}: DDIM - {name}", res.values(slug, seeds, lab),
-                                        res.values(slug, seeds, ref), True))
+                    claims.append(res.claim(f"FID {lab} against {ref}: DDIM - {name}", (slug, lab), (slug, ref), seeds,
+                                            True))
     config = next((res.by[(slug, s)].get("config") for s in seeds if (slug, s) in res.by), None)
     notes = karras_grid_notes(config, evs) if config else []
     return Section(["sampler", "NFE", "protocol", "FID"], rows, [("FID against NFE", "NFE", "FID", series)], claims,
@@ -992,6 +1078,8 @@ def karras_grid_notes(config: dict[str, Any], evs: list[tuple[str, dict]]) -> li
         return []
     process = hydra.utils.instantiate(config["schedule"])
     table = vp_sigmas(process)
+    last = float(process.alphas_cumprod[-1])
+    top = math.sqrt((1 - last) / last) if last > 0 else math.inf
     notes = []
     for lab, ev in evs:
         sampler = build_sampler(ev["sampler"])
@@ -1002,8 +1090,10 @@ def karras_grid_notes(config: dict[str, Any], evs: list[tuple[str, dict]]) -> li
         low = [(a / b, a, b) for a, b in zip(sigmas, sigmas[1:]) if b < 1.0]
         widest = max(low, default=None)
         notes.append(
-            f"Grid of {lab} (Karras et al. eq. 5, rho {sampler.rho:g}, from sigma(T - 1) = {sigmas[0]:.4g} of this "
-            f"schedule to sigma(0) = {float(table[0]):.3g}): " + ", ".join(f"{x:.3g}" for x in sigmas) + ", then 0; "
+            f"Grid of {lab} (Karras et al. eq. 5, rho {sampler.rho:g}, from sigma_max = {sigmas[0]:.4g} to sigma(0) = "
+            f"{float(table[0]):.3g}"
+            + (f"; sigma_max is sigma(T - 1) with alpha-bar floored at 2^-24 (the schedule's own sigma(T - 1) is "
+               f"{top:.3g})" if top > sigmas[0] * (1 + 1e-6) else "") + "): " + ", ".join(f"{x:.3g}" for x in sigmas) + ", then 0; "
             f"{high} of its {len(sigmas) - 1} steps between noise levels start above sigma {EDM_SIGMA_MAX:g} (EDM's sigma_max)"
             + (f"; its widest step that ends below sigma 1 goes from {widest[1]:.3g} to {widest[2]:.3g} "
                f"(a factor of {widest[0]:.3g})" if widest else ""))
@@ -1108,7 +1198,14 @@ def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
                      cell(list(vals_.values()))])
         xs.append(what)
         vals.append(vals_)
-        if w == "ema" or warm:  # the published recipe (with the warm-up): EMA beats the raw weights
+        run_d, run_warm = emas[""]["decay"], emas[""]["warmup"]
+        same = (w != "ema" and steps and warm == run_warm
+                and ema_decay_at(steps - 1, d, warm) == ema_decay_at(steps - 1, run_d, run_warm))
+        if same:  # every update of this EMA had the run EMA's decay: the same weights, not a second test
+            notes.append(f"Not tested apart: {what} had the decay of the run's EMA at every one of the {steps:,d} "
+                         f"updates (the warm-up cap stayed below both), so its weights are the run EMA's and its FID "
+                         f"{cell(list(vals_.values()))} is the same comparison again")
+        elif w == "ema" or warm:  # the published recipe (with the warm-up): EMA beats the raw weights
             claims.append(Claim(f"FID {lab}: raw - {what}", vals_, raw, True))
         else:  # without the warm-up the EMA holds its initialisation for long: reported, no direction claimed
             notes.append("Reported, no direction claimed: " + Claim(f"FID {lab}: raw - {what}", vals_, raw, True,
@@ -1141,7 +1238,7 @@ def plot(path: Path, title: str, panels: list) -> Path | None:
         ax = fig.add_subplot(rows, cols, i + 1)
         for name, (xs, vals) in series.items():
             pts = [(x, *stats(list(v.values()))) for x, v in zip(xs, vals)]
-            pts = [(x, m, 0.0 if math.isnan(s) else s) for x, m, s, n in pts if n]
+            pts = [(x, m, s) for x, m, s, n in pts if n]  # one seed: std nan, drawn without a bar
             if not pts:
                 continue
             categorical = any(isinstance(x, str) for x, _, _ in pts)
@@ -1155,7 +1252,7 @@ def plot(path: Path, title: str, panels: list) -> Path | None:
         ax.grid(alpha=0.3)
         if len(series) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(title + " (mean ± std over seeds)", fontsize=10)
+    fig.suptitle(title + "\n(mean ± std over seeds; no bar: one seed)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -1193,6 +1290,7 @@ def budget_line(spec: Spec, budget: str, composer: Composer) -> str:
 
 def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: Path | None = None) -> str:
     """``findings.md`` (and its plots) from the JSON results of ``budget``; returns the text."""
+    global PLANNED_SEEDS
     runs, specs, arms = plan(list(FINDINGS), budget)
     composer = Composer(budget)
     res = Results(results, budget, {(r.slug, r.seed): expected_config(r, composer) for r in runs
@@ -1206,8 +1304,9 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
         "Generated by `python benchmarks/findings.py" + flag + " --report` from the JSON results under "
         f"`{rel}/{budget}/` only (one file per training run: config, seed, step, metrics, W&B group and run id). "
         "Each table holds mean ± std over the seeds; a cell without results reads *not run yet*, and no figure is "
-        "estimated. A claim holds when the difference in the paper's direction exceeds 2 standard errors (paired by "
-        "seed when both sides are scored from the same checkpoints, Welch's otherwise).",
+        "estimated. A claim holds when the difference in the paper's direction is significant in a two-sided t-test at "
+        "5% (paired by seed when both sides are scored from the same checkpoints, Welch's otherwise; with 3 seeds "
+        "paired it must exceed 4.30 standard errors); scores drawn at different sample counts n are never compared.",
         "",
         "Run the missing pieces with `python benchmarks/findings.py" + flag + " --finding NAME` (each finished run "
         "writes its JSON; `--commit` commits it; `--max-minutes 110` stops before a piece's time is up; `--list` "
@@ -1226,6 +1325,7 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
         slugs = sorted(set(arms[name].values()))
         total = len(slugs) * len(spec.seeds)
         done = sum(res.done(s, spec.seeds) for s in slugs)
+        PLANNED_SEEDS = len(spec.seeds)
         sec = SECTIONS[name](spec, res, arms[name])
         word, why = verdict(sec.claims, done, total)
         summary.append((spec.number, spec.title, word, done, total))

@@ -76,24 +76,54 @@ def test_evaluation_labels_name_the_protocol():
         F.expand_evaluations([{"sampler": {"name": "dpm", "num_steps": 10}}])
 
 
-def test_paired_claim_is_a_t_like_test_on_the_per_seed_differences():
-    # differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3) = 0.577; 2 > 2 * 0.577 -> holds
-    c = F.Claim("x", low={0: 10.0, 1: 10.0, 2: 10.0}, high={0: 11.0, 1: 12.0, 2: 13.0}, paired=True)
+def test_paired_claim_is_a_t_test_on_the_per_seed_differences():
+    # differences 1, 1.1, 1.2: mean 1.1, sd 0.1, se 0.0577; t = 19 > t(0.975, 2) = 4.303 -> holds
+    c = F.Claim("x", low={0: 10.0, 1: 10.0, 2: 10.0}, high={0: 11.0, 1: 11.1, 2: 11.2}, paired=True)
     outcome, line = c.test()
-    assert outcome == "agrees" and "+2 ± 0.58" in line
+    assert outcome == "agrees" and "+1.1 ± 0.058 SE (paired over 3 seeds; 5% two-sided needs 4.3 SE), holds" in line
     # the other way round: reversed
     assert F.Claim("x", low=c.high, high=c.low, paired=True).test()[0] == "contradicts"
-    # differences 1, -1, 3: mean 1, sd 2, se 1.155: within 2 SE
-    assert F.Claim("x", low={0: 0, 1: 0, 2: 0}, high={0: 1, 1: -1, 2: 3}, paired=True).test()[0] == "unclear"
+    # differences 1, 2, 3: mean 2, se 0.577, t = 3.46: past 2 SE, but 3 seeds give 2 degrees of
+    # freedom and need 4.30 SE for 5%: not significant
+    assert F.Claim("x", low={0: 10, 1: 10, 2: 10}, high={0: 11, 1: 12, 2: 13}, paired=True).test()[0] == "unclear"
+    assert F.t_critical(2) == pytest.approx(4.302653, rel=1e-6) and F.t_critical(1e9) == pytest.approx(1.959964, rel=1e-6)
+    # a seed whose score is NaN is not a seed: one left in common, nothing to test
+    assert F.Claim("x", low={0: 1.0, 1: math.nan}, high={0: 2.0, 1: 3.0}, paired=True).test()[0] == "missing"
     # one seed in common: nothing to test
     assert F.Claim("x", low={0: 1.0}, high={0: 2.0, 1: 3.0}, paired=True).test()[0] == "missing"
 
 
 def test_unpaired_claim_uses_welch_standard_error():
-    low, high = {0: 1.0, 1: 2.0, 2: 3.0}, {0: 4.0, 1: 6.0, 2: 8.0}
-    se = math.sqrt(1.0 / 3 + 4.0 / 3)  # variances 1 and 4 over 3 seeds each
+    low, high = {0: 1.0, 1: 2.0, 2: 3.0}, {0: 5.0, 1: 7.0, 2: 9.0}
+    va, vb = 1.0 / 3, 4.0 / 3  # variances 1 and 4 over 3 seeds each
+    se, df = math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)  # Welch-Satterthwaite: 2.94
     outcome, line = F.Claim("x", low=low, high=high, paired=False).test()
-    assert outcome == "agrees" and f"+4 ± {se:.2g}" in line  # 4 > 2 * 1.29
+    assert outcome == "agrees" and f"+5 ± {se:.2g} SE (Welch, 3 and 3 seeds, df {df:.3g}; " in line  # 5 / 1.29 > 3.19
+    # a difference of 4 is 3.1 SE: under t(0.975, 2.94) = 3.19
+    assert F.Claim("x", low=low, high={0: 4.0, 1: 6.0, 2: 8.0}, paired=False).test()[0] == "unclear"
+
+
+def test_scores_at_different_n_are_not_compared(tmp_path):
+    for s in range(3):
+        _fake_result(tmp_path / "res", "default", s, {"a": {"fid": 5.0 + s, "n": 1000}, "b": {"fid": 3.0, "n": 500},
+                                                      "c": {"fid": 3.0 + s / 10, "n": 1000}})
+    res = F.Results(tmp_path / "res", "short")
+    c = res.claim("x", ("default", "b"), ("default", "a"), [0, 1, 2], True)
+    assert c.test() == ("missing", "x: not comparable (scored at n = 1,000 against n = 500)")
+    assert res.claim("x", ("default", "c"), ("default", "a"), [0, 1, 2], True).test()[0] == "agrees"
+
+
+def test_a_label_is_scored_at_one_n_on_every_arm():
+    """Finding 1 asks for its grid at n = 500; the cells other findings score at the run's n
+    (ddim10, ddim20, ddim10_eta1) are scored at the run's n on the 6,000-step arm too."""
+    runs, _, _ = F.plan(list(F.FINDINGS), "short")
+    by_slug = {r.slug: r for r in runs if r.seed == 0}
+    for slug in ("default", "trainer.max_steps=6000"):
+        ev = by_slug[slug].evaluations
+        assert all("n" not in ev[lab] for lab in ("ddim10", "ddim20", "ddim10_eta1", "ddim50_eta1"))
+        assert ev["ddim100_eta1"]["n"] == 500 and ev["ddim10_noclip"]["n"] == 500
+    assert F._more_samples({"kind": "fid"}, {"kind": "fid", "n": 500}) and not F._more_samples({"n": 500}, {})
+    assert F._more_samples({"n": 600}, {"n": 500}) and not F._more_samples({"n": 500}, {"n": 500})
 
 
 def test_verdict_words():
@@ -166,7 +196,7 @@ def test_clip_notes_compare_fid_and_the_clamped_share(tmp_path):
     res = F.Results(tmp_path / "res", "short")
     notes = F._clip_notes(res, "default", [0, 1, 2], "1500", [0.0, 1.0], [10], labels)
     assert notes[0] == ("Investigation, clipping: 1500 steps, eta 0, 10 sampling steps: FID(clip off) - FID(clip on): "
-                        "difference +56 ± 0.58 SE (paired over 3 seeds), holds")
+                        "difference +56 ± 0.58 SE (paired over 3 seeds; 5% two-sided needs 4.3 SE), positive")
     assert ("clip on 0.00% of values clamped, mean overshoot 0 (6 cells); "
             "clip off 60.00% of values clamped, mean overshoot 3 (6 cells)") in notes[1]
     assert len(notes) == 2  # no stored config: no closed form
@@ -199,10 +229,14 @@ def test_report_from_results_only(tmp_path):
     assert "| EMA 0.999 (the run's) | 0.999 | yes | 0.994 | " in ema and "| 6.00 ± 1.00 |" in ema
     assert f"| EMA 0.9999, no warm-up | 0.9999 | no | 0.9999 | {0.9999 ** 1500:.2g} | 31.00 ± 1.00 |" in ema
     assert "Reported, no direction claimed: FID ddim50_eta1_decay9999_nowarmup" in ema
+    # with the warm-up, 1,500 updates never reach either decay: EMA 0.9999 is the run's EMA, not a second claim
+    assert "Not tested apart: EMA 0.9999 had the decay of the run's EMA at every one of the 1,500 updates" in ema
+    assert "FID ddim50_eta1_decay9999: raw" not in ema
     assert "**Verdict: reproduced.**" in ema and "`findings-default`" in ema
     ddim = text.split("## 1.")[1].split("## 2.")[0]  # finding 1's feature-space question, from the same runs
     assert ("Investigation, 1500 steps, clip on, 10 sampling steps, pixels features: FD(eta 1) - FD(eta 0): difference "
-            "-1 ± 0 SE (paired over 3 seeds), reversed (eta 0: 5.00 ± 1.00, eta 1: 4.00 ± 1.00)") in ddim
+            "-1 ± 0 SE (paired over 3 seeds; 5% two-sided needs 4.3 SE), reversed (eta 0: 5.00 ± 1.00, eta 1: 4.00 ± 1.00)"
+            ) in ddim
     assert (tmp_path / "plots" / "ema.png").is_file()
     # the other findings that use the default arm still lack figures or runs
     assert text.split("## 2.")[1].split("## 3.")[0].count("**Verdict: pending.**") == 1
@@ -266,7 +300,9 @@ def test_run_cost_counts_every_image_through_the_network():
     assert linear["evaluation_image_nfe"] == 1000 * (10 + 50) and linear["bpd_images"] == 100
     grid = sum(steps * 4 * 2 for steps in (10, 20, 50, 100))  # 4 etas x clipped or not, at n = 500
     pixels = 10 + 10  # eta 0 and 1 at 10 steps, in pixel features
-    assert F.run_cost(by_slug["trainer.max_steps=6000"], composer)["evaluation_image_nfe"] == 500 * (grid + pixels)
+    shared = 10 + 20 + 10 + 50  # ddim10, ddim20, ddim10_eta1, ddim50_eta1: other findings' cells, at their n
+    assert F.run_cost(by_slug["trainer.max_steps=6000"], composer)["evaluation_image_nfe"] == (
+        500 * (grid + pixels - shared) + 1000 * shared)
     assert F.run_cost(by_slug["objective.weighting=uniform"], composer)["evaluation_image_nfe"] == 0
 
 
