@@ -111,6 +111,20 @@ def test_latent_samplers_clip_x0_to_the_latents_range_or_not_at_all():
     assert _module(_first_stage()).sampler.clip_sample is False  # until the bound is known
 
 
+def test_a_latent_models_own_clipping_is_not_named_in_its_metric_key():
+    """The bound each run computes is the model's setting, not a user's change: the key stays
+    ``ddim10``; a change the user makes on top of it is named."""
+    s = clip_for_latents(DDIMSampler(num_steps=10, eta=1.0), 4.5)
+    assert s.key_part(1000) == "ddim10_eta1"
+    s.clip_range = 2.0
+    assert s.key_part(1000) == "ddim10_eta1_clip2"
+    s = clip_for_latents(DDIMSampler(num_steps=10), None)  # bound unknown: unclipped, as LDM samples
+    assert s.key_part(1000) == "ddim10"
+    s.clip_sample = True  # clipping to [-1, 1] where the model does not clip
+    assert s.key_part(1000) == "ddim10_clip1"
+    assert DDIMSampler(num_steps=10, clip_sample=False).key_part(1000) == "ddim10_noclip"  # pixels: named
+
+
 def test_the_bound_is_the_largest_scaled_latent_with_three_posterior_stds():
     mean = torch.tensor([[0.5, -2.0], [1.0, 0.0]]).view(2, 1, 1, 2)
     logvar = torch.full_like(mean, math.log(0.01))  # std 0.1

@@ -61,10 +61,13 @@ def clip_for_latents(sampler: Any, bound: float | None) -> Any:
     if bound is None or not math.isfinite(float(bound)) or float(bound) <= 0:
         if getattr(sampler, "clip_sample", False):
             sampler.clip_sample = False
+        if hasattr(sampler, "clip_sample"):
+            sampler.x0_default = (False, 1.0)  # the model's own setting: not named in metric keys
         return sampler
     if hasattr(sampler, "clip_sample"):
         sampler.clip_sample = True
         sampler.clip_range = float(bound)
+        sampler.x0_default = (True, float(bound))
     return sampler
 
 

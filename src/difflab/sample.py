@@ -121,8 +121,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         user = cfg.get("sampler")
         if bound is not None and user is not None and user.get("clip_sample", True) is False:
             log.info("sampler.clip_sample=false: x_0 of this latent model is not clipped to its latents' range %.4g", bound)
-            bound = None
-        clip_for_latents(sampler, bound)
+            clip_for_latents(sampler, None)
+            sampler.x0_default = (True, float(bound))  # the model's own setting clips: its keys say _noclip
+        else:
+            clip_for_latents(sampler, bound)
         model.extra["first_stage"]()  # the autoencoder now: a missing or another one fails before sampling
         if nll:
             raise ConfigError("metrics=[nll] is the likelihood of pixels; this checkpoint is a latent model (first_stage), "

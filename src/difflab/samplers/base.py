@@ -464,15 +464,23 @@ class Sampler:
         suffix = "" if self.spacing == self.default_spacing else f"_{self.spacing}"
         return suffix + (f"_offset{self.steps_offset}" if self.steps_offset and self.spacing == "leading" else "")
 
+    #: (clip_sample, clip_range) that the key leaves unnamed: pixels' [-1, 1]; a latent model's
+    #: sampler gets its own (:func:`difflab.latent.clip_for_latents`), so that the key names what
+    #: a user changed, not a bound each run computes.
+    x0_default: ClassVar[tuple[bool, float]] = (True, 1.0)
+
     def x0_suffix(self) -> str:
-        """How x_0 estimates are post-processed, off the default (clip to [-1, 1]):
+        """How x_0 estimates are post-processed, off the default (:attr:`x0_default`):
         ``_noclip``, ``_clip<range>``, or ``_dynthresh<ratio>`` (``_max<s>`` off s = 1)."""
         if self.dynamic_thresholding:
             return f"_dynthresh{self.dynamic_thresholding_ratio:g}" + (
                 f"_max{self.sample_max_value:g}" if self.sample_max_value != 1 else "")
+        clip, bound = self.x0_default
         if not self.clip_sample:
-            return "_noclip"
-        return f"_clip{self.clip_range:g}" if self.clip_range != 1 else ""
+            return "_noclip" if clip else ""
+        if not clip or self.clip_range != bound:
+            return f"_clip{self.clip_range:g}"
+        return ""
 
     def timesteps(self, num_train_timesteps: int) -> Tensor:
         """Descending LongTensor of the timesteps this sampler visits (``num_steps`` None = all T)."""
