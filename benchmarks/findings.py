@@ -886,7 +886,7 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
     rows, panels, claims, notes = [], [], [], []
     # the grid's own n; a cell another finding shares is scored at that finding's n (the suite
     # scores a label at one n on every arm): such cells carry a mark and a note
-    grid_n = max((Counter(int(ev["n"]) for _, ev in evs if "n" in ev) or Counter({0: 1})).items(), key=lambda x: x[1])[0]
+    grid_n = (Counter(int(ev["n"]) for _, ev in evs if "n" in ev).most_common(1) or [(0, 0)])[0][0]
     marked: set[int] = set()
 
     def mark(ns: dict[int, int]) -> str:
@@ -962,7 +962,7 @@ def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: li
                          (slug, label[(lo, st, True)]), (slug, label[(lo, st, False)]), seeds, True, directed=False)
 
     # the fewest sampling steps whose two cells share an n (a cell shared with another finding may have another)
-    c = next((pair(st) for st in steps if "not comparable" not in pair(st).test()[1]), pair(steps[0]))
+    c = next((c for c in map(pair, steps) if "not comparable" not in c.test()[1]), pair(steps[0]))
     notes = ["Investigation, clipping: " + c.test()[1]]
     shares = {}
     for clip in (True, False):
@@ -1182,6 +1182,7 @@ def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
     raw = res.values(slug, seeds, raw_lab)
     rows = [["raw", "-", "-", "-", "-", cell(list(raw.values()))]]
     xs, vals, claims, notes = ["raw"], [raw], [], []
+    run_d, run_warm = emas[""]["decay"], emas[""]["warmup"]
     for lab, ev in evs:
         w = str(ev["weights"])
         if w == "raw":
@@ -1198,7 +1199,6 @@ def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
                      cell(list(vals_.values()))])
         xs.append(what)
         vals.append(vals_)
-        run_d, run_warm = emas[""]["decay"], emas[""]["warmup"]
         same = (w != "ema" and steps and warm == run_warm
                 and ema_decay_at(steps - 1, d, warm) == ema_decay_at(steps - 1, run_d, run_warm))
         if same:  # every update of this EMA had the run EMA's decay: the same weights, not a second test
