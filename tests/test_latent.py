@@ -123,6 +123,9 @@ def test_a_latent_models_own_clipping_is_not_named_in_its_metric_key():
     s.clip_sample = True  # clipping to [-1, 1] where the model does not clip
     assert s.key_part(1000) == "ddim10_clip1"
     assert DDIMSampler(num_steps=10, clip_sample=False).key_part(1000) == "ddim10_noclip"  # pixels: named
+    s = clip_for_latents(DDIMSampler(num_steps=10), 4.5, clip=False)  # the user turns the model's clipping off
+    assert s.clip_sample is False and s.key_part(1000) == "ddim10_noclip"
+    assert clip_for_latents(DDIMSampler(num_steps=10), None, clip=False).key_part(1000) == "ddim10"  # nothing to turn off
 
 
 def test_the_bound_is_the_largest_scaled_latent_with_three_posterior_stds():

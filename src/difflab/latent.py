@@ -53,21 +53,24 @@ def clip_bound_of(bound: float, clip_latents: bool = True) -> float | None:
     return bound if clip_latents and math.isfinite(bound) else None
 
 
-def clip_for_latents(sampler: Any, bound: float | None) -> Any:
+def clip_for_latents(sampler: Any, bound: float | None, clip: bool = True) -> Any:
     """Clip the sampler's x_0 estimates to the range of the training latents, [-bound, bound],
     instead of the pixel range [-1, 1] (latents scaled to unit variance reach beyond it). ``bound``
     None or NaN (not known yet, ``first_stage.clip_latents=false``, or a checkpoint from before the
-    bound was stored): no clipping, as LDM samples. Dynamic thresholding stays as configured."""
-    if bound is None or not math.isfinite(float(bound)) or float(bound) <= 0:
-        if getattr(sampler, "clip_sample", False):
-            sampler.clip_sample = False
-        if hasattr(sampler, "clip_sample"):
-            sampler.x0_default = (False, 1.0)  # the model's own setting: not named in metric keys
+    bound was stored): no clipping, as LDM samples. ``clip=False`` with a known bound: the user
+    turned clipping off for a model that clips, so the sampler does not clip and its metric keys
+    say ``_noclip`` (the model's own setting stays the reference, :attr:`Sampler.x0_default`).
+    Dynamic thresholding stays as configured."""
+    known = bound is not None and math.isfinite(float(bound)) and float(bound) > 0
+    if not hasattr(sampler, "clip_sample"):
         return sampler
-    if hasattr(sampler, "clip_sample"):
+    if known and clip:
         sampler.clip_sample = True
         sampler.clip_range = float(bound)
-        sampler.x0_default = (True, float(bound))
+    elif sampler.clip_sample:
+        sampler.clip_sample = False
+    # the model's own setting: not named in metric keys
+    sampler.x0_default = (True, float(bound)) if known else (False, 1.0)
     return sampler
 
 

@@ -121,8 +121,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         user = cfg.get("sampler")
         if bound is not None and user is not None and user.get("clip_sample", True) is False:
             log.info("sampler.clip_sample=false: x_0 of this latent model is not clipped to its latents' range %.4g", bound)
-            clip_for_latents(sampler, None)
-            sampler.x0_default = (True, float(bound))  # the model's own setting clips: its keys say _noclip
+            clip_for_latents(sampler, bound, clip=False)  # the model's own setting clips: its keys say _noclip
         else:
             clip_for_latents(sampler, bound)
         model.extra["first_stage"]()  # the autoencoder now: a missing or another one fails before sampling

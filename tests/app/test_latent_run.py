@@ -93,9 +93,11 @@ def test_latent_run_samples_decoded_images_resumes_and_refuses_export(autoencode
     from tests.app.test_sample import sample
 
     last = tmp_path / "checkpoints" / "last.ckpt"
-    clipped = sample(last, tmp_path / "s1", "n=2", "grid_size=0")["sampler"]["config"]
-    assert "clip_sample=True" in clipped and f"clip_range={bound!r}" in clipped
-    assert "clip_sample=False" in sample(last, tmp_path / "s2", "n=2", "grid_size=0", "+sampler.clip_sample=false")["sampler"]["config"]
+    clipped = sample(last, tmp_path / "s1", "n=2", "grid_size=0")["sampler"]
+    assert "clip_sample=True" in clipped["config"] and f"clip_range={bound!r}" in clipped["config"]
+    assert "clip" not in clipped["sampler"]  # the model's own clipping is not named in the key
+    unclipped = sample(last, tmp_path / "s2", "n=2", "grid_size=0", "+sampler.clip_sample=false")["sampler"]
+    assert "clip_sample=False" in unclipped["config"] and unclipped["sampler"].endswith("_noclip")
     ((_, x),) = draw(model.backbone, model.process, model.sampler, model.objective.target, model.image_shape, 3,
                      batches=[0], decode=model.extra["decode"])
     assert x.dtype == torch.uint8 and x.shape == (3, 1, 28, 28)
