@@ -698,19 +698,15 @@ def stats(xs: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan), len(xs)
 
 
-#: The number of seeds the finding being rendered plans (set by :func:`write_report`): a cell
-#: over fewer says how many it holds.
-PLANNED_SEEDS = 0
-
-
-def cell(xs: list[float], digits: int = 2, scale: float = 1.0) -> str:
-    """``mean ± std`` over seeds (``(k seeds)`` after it when fewer than planned), or "not run yet"."""
-    m, s, n = stats([x * scale for x in xs if x is not None])
+def cell(values: dict[int, float], seeds: list[int], digits: int = 2, scale: float = 1.0) -> str:
+    """``mean ± std`` of ``values`` (by seed) over the seeds (``(k seeds)`` after it when fewer
+    than the ``seeds`` planned hold one), or "not run yet"."""
+    m, s, n = stats([x * scale for x in values.values() if x is not None])
     if n == 0:
         return "not run yet"
     if n == 1:
         return f"{m:.{digits}f} (1 seed)"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({n} seeds)" if n < PLANNED_SEEDS else "")
+    return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({n} seeds)" if n < len(seeds) else "")
 
 
 def t_critical(df: float) -> float:
@@ -902,7 +898,7 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
             panels.append((f"{length} training steps, {'clipped' if clip else 'unclipped'} x0", "sampling steps", "FID", series))
             for st in steps:
                 rows.append([f"{length}", "yes" if clip else "no", str(st),
-                             *(cell(list(res.values(slug, seeds, label[(eta, st, clip)]).values()))
+                             *(cell(res.values(slug, seeds, label[(eta, st, clip)]), seeds)
                                + mark(res.ns(slug, seeds, label[(eta, st, clip)])) for eta in etas)])
             lo, hi = min(etas), max(etas)
             c = res.claim(f"{length} steps, clip {'on' if clip else 'off'}, {steps[0]} sampling steps: "
@@ -927,7 +923,7 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                 c = res.claim(f"{length} steps, clip on, {st} sampling steps, {space} features: FD(eta {hi:g}) - FD(eta {lo:g})",
                               (slug, cells[(lo, st)]), (slug, cells[(hi, st)]), seeds, True)
                 notes.append("Investigation, " + c.test()[1] + " (" + ", ".join(
-                    f"eta {e:g}: {cell(list(res.values(slug, seeds, cells[(e, st)]).values()))}" for e in es) + ")")
+                    f"eta {e:g}: {cell(res.values(slug, seeds, cells[(e, st)]), seeds)}" for e in es) + ")")
     if grid_n and marked:
         notes.insert(0, f"Cells marked (n ...) are scored at that n, not the grid's n = {grid_n:,d}: other findings share "
                         "them, and the suite scores a sampler at one n on every arm. FID falls as n grows, so compare "
@@ -995,7 +991,7 @@ def section_schedule(spec: Spec, res: Results, arms: dict) -> Section:
     for name, slug in by_arm.items():
         fids = [res.values(slug, seeds, lab) for lab, _ in evs]
         bpd = res.values(slug, seeds, "bpd", "bpd")
-        rows.append([name, *(cell(list(v.values())) for v in fids), cell(list(bpd.values()), 3)])
+        rows.append([name, *(cell(v, seeds) for v in fids), cell(bpd, seeds, 3)])
         series[name] = ([int(ev["sampler"]["num_steps"]) for _, ev in evs], fids)
         bpd_series["bits/dim"][0].append(name)
         bpd_series["bits/dim"][1].append(bpd)
@@ -1017,7 +1013,7 @@ def section_min_snr(spec: Spec, res: Results, arms: dict) -> Section:
     steps = sorted(set().union(*(c.keys() for c in curves.values()))) if curves else []
     rows, claims, notes = [], [], []
     for st in steps:
-        rows.append([str(st), *(cell(list(curves[name].get(st, {}).values())) for name in by_arm)])
+        rows.append([str(st), *(cell(curves[name].get(st, {}), seeds) for name in by_arm)])
     if not rows:
         rows.append(["not run yet", *("not run yet" for _ in by_arm)])
     if {"uniform", "min_snr"} <= set(by_arm):
@@ -1050,7 +1046,7 @@ def section_solvers(spec: Spec, res: Results, arms: dict) -> Section:
         pts.sort()
         series[name] = ([n for n, _ in pts], [res.values(slug, seeds, lab) for _, lab in pts])
         for nfe, lab in pts:
-            rows.append([name, str(nfe), lab, cell(list(res.values(slug, seeds, lab).values()))])
+            rows.append([name, str(nfe), lab, cell(res.values(slug, seeds, lab), seeds)])
             if name != "ddim":
                 ref = ddim.get(nfe) or ddim.get(nfe + 1)  # Heun's 2s - 1 NFE against DDIM's next even count
                 if ref:
@@ -1107,7 +1103,7 @@ def section_objective(spec: Spec, res: Results, arms: dict) -> Section:
     rows, claims, notes = [], [], []
     series = {lab: (list(by_arm), [res.values(slug, seeds, lab) for slug in by_arm.values()]) for lab, _ in evs}
     for name, slug in by_arm.items():
-        rows.append([name, *(cell(list(res.values(slug, seeds, lab).values())) for lab, _ in evs)])
+        rows.append([name, *(cell(res.values(slug, seeds, lab), seeds) for lab, _ in evs)])
     if {"eps", "x0", "v"} <= set(by_arm):
         for lab, _ in evs:
             claims.append(Claim(f"FID {lab}: x0 - eps", res.values(by_arm["eps"], seeds, lab),
@@ -1123,9 +1119,9 @@ def section_guidance(spec: Spec, res: Results, arms: dict) -> Section:
     seeds = spec.seeds
     slug = next(iter(arms.values()))
     evs = sorted(((ev["w"], lab) for lab, ev in _labels(spec).items() if ev["kind"] == "guidance"))
-    rows = [[f"{w:g}", cell(list(res.values(slug, seeds, lab).values())),
-             cell(list(res.values(slug, seeds, lab, "acc").values()), 1, 100.0),
-             cell(list(res.values(slug, seeds, lab, "clamped").values()), 2, 100.0)] for w, lab in evs]
+    rows = [[f"{w:g}", cell(res.values(slug, seeds, lab), seeds),
+             cell(res.values(slug, seeds, lab, "acc"), seeds, 1, 100.0),
+             cell(res.values(slug, seeds, lab, "clamped"), seeds, 2, 100.0)] for w, lab in evs]
     ws = [w for w, _ in evs]
     fid = [res.values(slug, seeds, lab) for _, lab in evs]
     acc = [{s: 100 * v for s, v in res.values(slug, seeds, lab, "acc").items()} for _, lab in evs]
@@ -1180,7 +1176,7 @@ def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
     steps = next((int(r["global_step"]) for (a, _), r in res.by.items() if a == slug), None)
     raw_lab = next(lab for lab, ev in evs if ev["weights"] == "raw")
     raw = res.values(slug, seeds, raw_lab)
-    rows = [["raw", "-", "-", "-", "-", cell(list(raw.values()))]]
+    rows = [["raw", "-", "-", "-", "-", cell(raw, seeds)]]
     xs, vals, claims, notes = ["raw"], [raw], [], []
     run_d, run_warm = emas[""]["decay"], emas[""]["warmup"]
     for lab, ev in evs:
@@ -1196,7 +1192,7 @@ def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
         share = f"{initial_share(steps, d, warm):.2g}" if steps else "-"
         vals_ = res.values(slug, seeds, lab)
         rows.append([what + (" (the run's)" if w == "ema" else ""), f"{d:g}", "yes" if warm else "no", last, share,
-                     cell(list(vals_.values()))])
+                     cell(vals_, seeds)])
         xs.append(what)
         vals.append(vals_)
         same = (w != "ema" and steps and warm == run_warm
@@ -1204,7 +1200,7 @@ def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
         if same:  # every update of this EMA had the run EMA's decay: the same weights, not a second test
             notes.append(f"Not tested apart: {what} had the decay of the run's EMA at every one of the {steps:,d} "
                          f"updates (the warm-up cap stayed below both), so its weights are the run EMA's and its FID "
-                         f"{cell(list(vals_.values()))} is the same comparison again")
+                         f"{cell(vals_, seeds)} is the same comparison again")
         elif w == "ema" or warm:  # the published recipe (with the warm-up): EMA beats the raw weights
             claims.append(Claim(f"FID {lab}: raw - {what}", vals_, raw, True))
         else:  # without the warm-up the EMA holds its initialisation for long: reported, no direction claimed
@@ -1290,7 +1286,6 @@ def budget_line(spec: Spec, budget: str, composer: Composer) -> str:
 
 def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: Path | None = None) -> str:
     """``findings.md`` (and its plots) from the JSON results of ``budget``; returns the text."""
-    global PLANNED_SEEDS
     runs, specs, arms = plan(list(FINDINGS), budget)
     composer = Composer(budget)
     res = Results(results, budget, {(r.slug, r.seed): expected_config(r, composer) for r in runs
@@ -1325,7 +1320,6 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
         slugs = sorted(set(arms[name].values()))
         total = len(slugs) * len(spec.seeds)
         done = sum(res.done(s, spec.seeds) for s in slugs)
-        PLANNED_SEEDS = len(spec.seeds)
         sec = SECTIONS[name](spec, res, arms[name])
         word, why = verdict(sec.claims, done, total)
         summary.append((spec.number, spec.title, word, done, total))

@@ -138,9 +138,11 @@ def test_verdict_words():
 
 
 def test_cell_never_estimates():
-    assert F.cell([]) == "not run yet"
-    assert F.cell([2.0]) == "2.00 (1 seed)"
-    assert F.cell([1.0, 3.0]) == "2.00 ± 1.41"
+    assert F.cell({}, [0, 1]) == "not run yet"
+    assert F.cell({0: 2.0}, [0, 1, 2]) == "2.00 (1 seed)"
+    assert F.cell({0: 1.0, 1: 3.0}, [0, 1]) == "2.00 ± 1.41"
+    assert F.cell({0: 1.0, 2: 3.0}, [0, 1, 2]) == "2.00 ± 1.41 (2 seeds)"  # fewer than planned: says so
+    assert F.cell({0: 0.5, 1: math.nan, 2: 0.7}, [0, 1, 2], 1, 100.0) == "60.0 ± 14.1 (2 seeds)"
 
 
 def _fake_result(root: Path, arm: str, seed: int, metrics: dict) -> None:
