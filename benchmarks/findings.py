@@ -691,8 +691,8 @@ def set_aside_other_experiment(run_dir: Path, config: dict[str, Any]) -> Path | 
 
 # --------------------------------------------------------------------------- statistics
 def stats(xs: list[float]) -> tuple[float, float, int]:
-    """(mean, sample std, n); std is nan for one value."""
-    xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    """(mean, sample std, n) of the finite values; std is nan for one value."""
+    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     if not xs:
         return math.nan, math.nan, 0
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan), len(xs)
@@ -700,10 +700,12 @@ def stats(xs: list[float]) -> tuple[float, float, int]:
 
 def cell(values: dict[int, float], seeds: list[int], digits: int = 2, scale: float = 1.0) -> str:
     """``mean ± std`` of ``values`` (by seed) over the seeds (``(k seeds)`` after it when fewer
-    than the ``seeds`` planned hold one), or "not run yet"."""
-    m, s, n = stats([x * scale for x in values.values() if x is not None])
+    than the ``seeds`` planned hold one), "not finite" when the runs scored only NaN or inf, or
+    "not run yet"."""
+    present = [x * scale for x in values.values() if x is not None]
+    m, s, n = stats(present)
     if n == 0:
-        return "not run yet"
+        return f"not finite ({len(present)} of {len(seeds)} seeds)" if present else "not run yet"
     if n == 1:
         return f"{m:.{digits}f} (1 seed)"
     return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({n} seeds)" if n < len(seeds) else "")
@@ -730,19 +732,33 @@ class Claim:
 
     def __post_init__(self) -> None:
         def finite(d: dict[int, float]) -> dict[int, float]:
-            return {k: float(v) for k, v in d.items() if v is not None and not math.isnan(float(v))}
+            return {k: float(v) for k, v in d.items() if v is not None and math.isfinite(float(v))}
 
         self.low, self.high = finite(self.low), finite(self.high)
+
+    def _mixed_n(self) -> str:
+        """Why the scores are drawn at different sample counts ("" when they are not, or no n is
+        recorded on either side): paired, seed by seed; Welch's, one n over both sides."""
+        if not self.n_low and not self.n_high:
+            return ""
+        show = lambda n: "not recorded" if n is None else f"{n:,d}"  # noqa: E731
+        if self.paired:
+            bad = [(sd, self.n_low.get(sd), self.n_high.get(sd)) for sd in sorted(set(self.low) & set(self.high))
+                   if self.n_low.get(sd) != self.n_high.get(sd)]
+            return "; ".join(f"seed {sd} scored at n = {show(b)} against n = {show(a)}" for sd, a, b in bad)
+        ns = {self.n_low.get(sd) for sd in self.low} | {self.n_high.get(sd) for sd in self.high}
+        if len(ns) < 2:
+            return ""
+        return "scored at n = " + ", ".join(show(n) for n in sorted(ns, key=lambda n: -1 if n is None else n))
 
     def test(self) -> tuple[str, str]:
         """("agrees" | "contradicts" | "unclear" | "missing", the figure behind it): a two-sided
         t-test at 5% on the difference high - low (paired over seeds, or Welch's)."""
         if not self.low and not self.high:
             return "missing", f"{self.text}: not run yet"
-        ns = set(self.n_low.values()), set(self.n_high.values())
-        if ns[0] and ns[1] and ns[0] != ns[1]:  # FID's bias falls as n grows: such scores are not comparable
-            show = [",".join(f"{x:,d}" for x in sorted(v)) for v in ns]
-            return "missing", f"{self.text}: not comparable (scored at n = {show[1]} against n = {show[0]})"
+        mixed = self._mixed_n()
+        if mixed:  # FID's bias falls as n grows: such scores are not comparable
+            return "missing", f"{self.text}: not comparable ({mixed})"
         if self.paired:
             seeds = sorted(set(self.low) & set(self.high))
             diffs = [self.high[s] - self.low[s] for s in seeds]
@@ -775,15 +791,16 @@ def verdict(claims: list[Claim], done: int, total: int) -> tuple[str, list[str]]
         return "not run yet", [f"0 of {total} runs have results"]
     if done < total:
         return "pending", [f"{done} of {total} runs have results; the verdict waits for the rest"]
+    assert all(c.directed for c in claims), "a claim without a published direction belongs in the notes"
     tested = [c.test() for c in claims]
     outcomes = [o for o, _ in tested]
     lines = [line for _, line in tested]
+    if "contradicts" in outcomes:  # one significant reversal is enough, whatever else is missing
+        return "not reproduced", lines
     if not claims or "missing" in outcomes:
         return "inconclusive", lines or ["no claim could be tested"]
     if all(o == "agrees" for o in outcomes):
         return "reproduced", lines
-    if "contradicts" in outcomes:
-        return "not reproduced", lines
     return "inconclusive", lines
 
 
@@ -998,7 +1015,7 @@ def section_schedule(spec: Spec, res: Results, arms: dict) -> Section:
     if {"cosine", "linear"} <= set(by_arm):
         cos, lin = by_arm["cosine"], by_arm["linear"]
         for lab, ev in evs:
-            claims.append(Claim(f"FID {lab}: linear - cosine", res.values(cos, seeds, lab), res.values(lin, seeds, lab), False))
+            claims.append(res.claim(f"FID {lab}: linear - cosine", (cos, lab), (lin, lab), seeds, False))
         claims.append(Claim("bits/dim: linear - cosine", res.values(cos, seeds, "bpd", "bpd"),
                             res.values(lin, seeds, "bpd", "bpd"), False))
     return Section(["schedule", *(f"FID {lab}" for lab, _ in evs), "val bits/dim"], rows,
@@ -1106,11 +1123,9 @@ def section_objective(spec: Spec, res: Results, arms: dict) -> Section:
         rows.append([name, *(cell(res.values(slug, seeds, lab), seeds) for lab, _ in evs)])
     if {"eps", "x0", "v"} <= set(by_arm):
         for lab, _ in evs:
-            claims.append(Claim(f"FID {lab}: x0 - eps", res.values(by_arm["eps"], seeds, lab),
-                                res.values(by_arm["x0"], seeds, lab), False))
-            notes.append("Reported, no direction claimed: " + Claim(
-                f"FID {lab}: v - eps", res.values(by_arm["eps"], seeds, lab), res.values(by_arm["v"], seeds, lab), False,
-                directed=False).test()[1])
+            claims.append(res.claim(f"FID {lab}: x0 - eps", (by_arm["eps"], lab), (by_arm["x0"], lab), seeds, False))
+            notes.append("Reported, no direction claimed: " + res.claim(
+                f"FID {lab}: v - eps", (by_arm["eps"], lab), (by_arm["v"], lab), seeds, False, directed=False).test()[1])
     return Section(["prediction", *(f"FID {lab}" for lab, _ in evs)], rows,
                    [("FID by prediction target", "prediction target", "FID", series)], claims, notes)
 
@@ -1129,9 +1144,9 @@ def section_guidance(spec: Spec, res: Results, arms: dict) -> Section:
     one = dict((w, lab) for w, lab in evs).get(1.0)
     top_w, top = evs[-1] if evs else (None, None)
     if one and top and top != one:
-        claims.append(Claim(f"class accuracy: w={top_w:g} - w=1 (higher is the paper's direction)",
-                            res.values(slug, seeds, one, "acc"), res.values(slug, seeds, top, "acc"), True))
-        claims.append(Claim(f"FID: w={top_w:g} - w=1", res.values(slug, seeds, one), res.values(slug, seeds, top), True))
+        claims.append(res.claim(f"class accuracy: w={top_w:g} - w=1 (higher is the paper's direction)",
+                                (slug, one), (slug, top), seeds, True, metric="acc"))
+        claims.append(res.claim(f"FID: w={top_w:g} - w=1", (slug, one), (slug, top), seeds, True))
     return Section(["w", "FID", "class accuracy (%)", "pixel values clamped (%)"], rows,
                    [("FID against w", "guidance scale w", "FID", {"FID": (ws, fid)}),
                     ("class accuracy against w", "guidance scale w", "accuracy (%)", {"accuracy": (ws, acc)})], claims)
@@ -1202,10 +1217,10 @@ def section_ema(spec: Spec, res: Results, arms: dict) -> Section:
                          f"updates (the warm-up cap stayed below both), so its weights are the run EMA's and its FID "
                          f"{cell(vals_, seeds)} is the same comparison again")
         elif w == "ema" or warm:  # the published recipe (with the warm-up): EMA beats the raw weights
-            claims.append(Claim(f"FID {lab}: raw - {what}", vals_, raw, True))
+            claims.append(res.claim(f"FID {lab}: raw - {what}", (slug, lab), (slug, raw_lab), seeds, True))
         else:  # without the warm-up the EMA holds its initialisation for long: reported, no direction claimed
-            notes.append("Reported, no direction claimed: " + Claim(f"FID {lab}: raw - {what}", vals_, raw, True,
-                                                                    directed=False).test()[1])
+            notes.append("Reported, no direction claimed: " + res.claim(
+                f"FID {lab}: raw - {what}", (slug, lab), (slug, raw_lab), seeds, True, directed=False).test()[1])
     notes.append("One training run keeps every EMA (named EMA callbacks in sweeps/findings/common.yaml), so each is "
                  "compared with the raw weights of the same run. The warm-up caps the decay at (1 + n) / (10 + n) after "
                  "n updates (callbacks/ema.py), below 0.999 until step 8,990: shorter runs give the same EMA weights for "

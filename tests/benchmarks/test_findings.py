@@ -109,8 +109,25 @@ def test_scores_at_different_n_are_not_compared(tmp_path):
                                                       "c": {"fid": 3.0 + s / 10, "n": 1000}})
     res = F.Results(tmp_path / "res", "short")
     c = res.claim("x", ("default", "b"), ("default", "a"), [0, 1, 2], True)
-    assert c.test() == ("missing", "x: not comparable (scored at n = 1,000 against n = 500)")
+    assert c.test() == ("missing", "x: not comparable (seed 0 scored at n = 1,000 against n = 500; "
+                                   "seed 1 scored at n = 1,000 against n = 500; seed 2 scored at n = 1,000 against n = 500)")
     assert res.claim("x", ("default", "c"), ("default", "a"), [0, 1, 2], True).test()[0] == "agrees"
+    # paired, seed by seed: the same set of n on both sides is not enough
+    swapped = F.Claim("x", {0: 1.0, 1: 1.0}, {0: 2.0, 1: 2.1}, True, n_low={0: 1000, 1: 4500}, n_high={0: 4500, 1: 1000})
+    assert swapped.test()[0] == "missing"
+    # Welch's: one n over both sides; an n recorded on one side only is not comparable either
+    low, high = {0: 1.0, 1: 1.1}, {0: 2.0, 1: 2.1}
+    assert F.Claim("x", low, high, False, n_low={0: 500, 1: 1000}, n_high={0: 500, 1: 500}).test()[0] == "missing"
+    one_side = F.Claim("x", low, high, False, n_low={0: 500, 1: 500})
+    assert one_side.test() == ("missing", "x: not comparable (scored at n = not recorded, 500)")
+    assert F.Claim("x", low, high, False, n_low={0: 500, 1: 500}, n_high={0: 500, 1: 500}).test()[0] == "agrees"
+
+
+def test_scores_that_are_not_finite_are_dropped_not_averaged():
+    c = F.Claim("x", {0: 1.0, 1: 2.0, 2: 3.0}, {0: math.inf, 1: 5.0, 2: 6.1}, True)
+    assert c.low == {0: 1.0, 1: 2.0, 2: 3.0} and c.high == {1: 5.0, 2: 6.1}
+    assert "paired over 2 seeds" in c.test()[1]
+    assert F.cell({0: math.nan, 1: math.inf}, [0, 1, 2]) == "not finite (2 of 3 seeds)"
 
 
 def test_a_label_is_scored_at_one_n_on_every_arm():
@@ -133,6 +150,9 @@ def test_verdict_words():
     assert F.verdict([agree], 6, 6)[0] == "reproduced"
     assert F.verdict([agree, reverse], 6, 6)[0] == "not reproduced"
     assert F.verdict([agree, unclear], 6, 6)[0] == "inconclusive"
+    missing = F.Claim("d", {}, {}, True)
+    assert F.verdict([agree, missing], 6, 6)[0] == "inconclusive"
+    assert F.verdict([reverse, missing], 6, 6)[0] == "not reproduced"  # one significant reversal is enough
     word, why = F.verdict([agree], 5, 6)
     assert word == "pending" and why == ["5 of 6 runs have results; the verdict waits for the rest"]
 
