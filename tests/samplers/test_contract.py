@@ -169,6 +169,10 @@ def test_nfe_counts_network_calls(sampler: Sampler, process) -> None:
         (DPMSolverSampler(num_steps=10, dynamic_thresholding=True), "dpmpp2m_nfe10_dynthresh0.995"),
         (HeunSampler(num_steps=10, use_karras_sigmas=True, clip_sample=False), "heun_karras_nfe19_noclip"),
         (UniPCSampler(num_steps=10, dynamic_thresholding=True, sample_max_value=2.0), "unipc_nfe10_dynthresh0.995_max2"),
+        # a number :g would round is written in full: 0.5000001 is not 0.5
+        (DDIMSampler(num_steps=10, eta=0.5000001), "ddim10_eta0.5000001"),
+        (DDIMSampler(num_steps=10, clip_range=1.0000001), "ddim10_clip1.0000001"),
+        (EulerSampler(num_steps=20, s_churn=40.0000001), "euler_churn40.0000001_nfe20"),
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )

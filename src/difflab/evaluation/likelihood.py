@@ -104,6 +104,7 @@ from torch import Tensor, nn
 
 from difflab.diffusion.process import PREDICTION_TYPES, GaussianDiffusion
 from difflab.evaluation.protocol import sample_seed
+from difflab.samplers.base import key_number
 
 __all__ = [
     "DEQUANT_OFFSET_BITS",
@@ -237,7 +238,7 @@ def _format_tol(value: float) -> str:
     mantissa, exponent = f"{value:.0e}".split("e")
     if float(f"{value:.0e}") == value:
         return f"{mantissa}e{int(exponent)}"
-    return f"{value:g}"
+    return key_number(value)
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -250,7 +251,7 @@ def settings_key(settings: dict[str, Any]) -> str:
     div = {"exact": "exact", "rademacher": "hutch", "gaussian": "hutchgauss"}[settings["divergence"]]
     key = f"ode_{settings['method']}_rtol{_format_tol(settings['rtol'])}_atol{_format_tol(settings['atol'])}_{div}"
     if settings.get("endpoints", "default") != "default":
-        key = f"{key}_t{settings['t_start']:g}-{settings['t_end']:g}"
+        key = f"{key}_t{key_number(settings['t_start'])}-{key_number(settings['t_end'])}"
     return key if settings.get("dequantize", True) else f"{key}_nodeq"
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "SigmaSampler",
     "StepOutput",
     "karras_sigmas",
+    "key_number",
     "sigma_to_t",
     "split_output",
     "t_to_sigma",
@@ -79,6 +80,14 @@ class StepOutput:
     prev_sample: Tensor
     pred_x0: Tensor
 
+
+
+def key_number(x: float) -> str:
+    """A number in a metric key: short (``0.5``, ``80``, ``1e-05``) where ``:g`` gives it back
+    exactly, else every digit, so that two settings never share a key."""
+    x = float(x)
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -432,7 +441,7 @@ class Sampler:
         self.steps_offset = int(steps_offset)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
 
     def steps(self, num_train_timesteps: int) -> int:
@@ -473,13 +482,13 @@ class Sampler:
         """How x_0 estimates are post-processed, off the default (:attr:`x0_default`):
         ``_noclip``, ``_clip<range>``, or ``_dynthresh<ratio>`` (``_max<s>`` off s = 1)."""
         if self.dynamic_thresholding:
-            return f"_dynthresh{self.dynamic_thresholding_ratio:g}" + (
-                f"_max{self.sample_max_value:g}" if self.sample_max_value != 1 else "")
+            return f"_dynthresh{key_number(self.dynamic_thresholding_ratio)}" + (
+                f"_max{key_number(self.sample_max_value)}" if self.sample_max_value != 1 else "")
         clip, bound = self.x0_default
         if not self.clip_sample:
             return "_noclip" if clip else ""
         if not clip or self.clip_range != bound:
-            return f"_clip{self.clip_range:g}"
+            return f"_clip{key_number(self.clip_range)}"
         return ""
 
     def timesteps(self, num_train_timesteps: int) -> Tensor:
@@ -699,11 +708,11 @@ class SigmaSampler(Sampler):
         """``_karras`` (``_karras_rho<rho>`` off rho = 7, then ``_smin<sigma_min>``/``_smax<sigma_max>`` if set)
         or ``_<spacing>`` off the default spacing."""
         if self.use_karras_sigmas:
-            part = "_karras" if self.rho == 7.0 else f"_karras_rho{self.rho:g}"
+            part = "_karras" if self.rho == 7.0 else f"_karras_rho{key_number(self.rho)}"
             if self.sigma_min is not None:
-                part += f"_smin{self.sigma_min:g}"
+                part += f"_smin{key_number(self.sigma_min)}"
             if self.sigma_max is not None:
-                part += f"_smax{self.sigma_max:g}"
+                part += f"_smax{key_number(self.sigma_max)}"
             return part
         return self.spacing_suffix()
 

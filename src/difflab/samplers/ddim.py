@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from difflab.diffusion.process import GaussianDiffusion
-from difflab.samplers.base import Generators, Sampler, StepOutput
+from difflab.samplers.base import Generators, Sampler, StepOutput, key_number
 
 __all__ = ["DDIMSampler"]
 
@@ -54,7 +54,7 @@ class DDIMSampler(Sampler):
 
     def option_suffix(self) -> str:
         """``_eta<eta>`` when eta != 0: ``ddim50``, ``ddim50_eta1``."""
-        return "" if self.eta == 0 else f"_eta{self.eta:g}"
+        return "" if self.eta == 0 else f"_eta{key_number(self.eta)}"
 
     def step(
         self,

@@ -15,7 +15,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from difflab.samplers.base import Generators, SamplerState, SigmaSampler, StepOutput
+from difflab.samplers.base import Generators, SamplerState, SigmaSampler, StepOutput, key_number
 
 __all__ = ["EulerSampler"]
 
@@ -81,11 +81,11 @@ class EulerSampler(SigmaSampler):
         """``euler`` (or ``heun``), then the grid, then ``_churn<s_churn>`` (and its non-default range/noise)."""
         part = self.name + self.grid_suffix()
         if self.s_churn > 0:
-            part += f"_churn{self.s_churn:g}"
+            part += f"_churn{key_number(self.s_churn)}"
             if self.s_tmin > 0 or math.isfinite(self.s_tmax):
-                part += f"_tmin{self.s_tmin:g}_tmax{self.s_tmax:g}"
+                part += f"_tmin{key_number(self.s_tmin)}_tmax{key_number(self.s_tmax)}"
             if self.s_noise != 1.0:
-                part += f"_snoise{self.s_noise:g}"
+                part += f"_snoise{key_number(self.s_noise)}"
         return part
 
     def advance(

@@ -16,7 +16,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from difflab.samplers.base import Generators, SamplerState, SigmaSampler, StepOutput
+from difflab.samplers.base import Generators, SamplerState, SigmaSampler, StepOutput, key_number
 
 __all__ = ["EulerAncestralSampler"]
 
@@ -68,9 +68,9 @@ class EulerAncestralSampler(SigmaSampler):
         """``euler_a``, then the grid, then ``_eta<eta>`` / ``_snoise<s_noise>`` off their defaults of 1."""
         part = "euler_a" + self.grid_suffix()
         if self.eta != 1.0:
-            part += f"_eta{self.eta:g}"
+            part += f"_eta{key_number(self.eta)}"
         if self.s_noise != 1.0:
-            part += f"_snoise{self.s_noise:g}"
+            part += f"_snoise{key_number(self.s_noise)}"
         return part
 
     def advance(

@@ -40,6 +40,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from difflab.samplers.base import key_number
+
 __all__ = ["Guidance", "apply_guidance", "guidance_key", "guided_nfe", "rescale_guided"]
 
 
@@ -114,11 +116,11 @@ def guidance_key(guidance: Guidance | None, nfe: int, labels: str | None = None)
     """
     if guidance is None:
         return None
-    parts = [f"cfg{guidance.scale:g}"]
+    parts = [f"cfg{key_number(guidance.scale)}"]
     if guidance.rescale:
-        parts.append(f"rescale{guidance.rescale:g}")
+        parts.append(f"rescale{key_number(guidance.rescale)}")
     if guidance.interval is not None:
-        parts.append(f"int{guidance.interval[0]:g}-{guidance.interval[1]:g}")
+        parts.append(f"int{key_number(guidance.interval[0])}-{key_number(guidance.interval[1])}")
     parts.append(f"nfe{int(nfe)}")
     if labels:
         parts.append(str(labels))

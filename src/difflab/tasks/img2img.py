@@ -29,7 +29,7 @@ from torch import Tensor
 
 from difflab.errors import ConfigError
 from difflab.evaluation import eval_mode, protocol_key, sample_generators, sampler_key
-from difflab.samplers.base import Generators, ModelFn, Sampler, SamplerState, randn, vp_coefficients
+from difflab.samplers.base import Generators, ModelFn, Sampler, SamplerState, key_number, randn, vp_coefficients
 from difflab.tasks.common import (
     TaskSetup, batches, load_inputs, save_rows_grid, setup_task, task_evaluator, text_table, write_metrics, write_results,
 )
@@ -156,7 +156,7 @@ def run(cfg: Any) -> dict[str, Any]:
         row = {"strength": strength, "steps": keep, "nfe": nfe, "t0": _first_t(s.sampler, model.process, keep),
                "l2_to_input": float(l2.mean()), "l2_to_input_std": float(l2.std()) if N > 1 else 0.0}
         if evaluator is not None:
-            part = f"img2img_s{strength:g}_{sampler_key(s.sampler, T)}"
+            part = f"img2img_s{key_number(strength)}_{sampler_key(s.sampler, T)}"
             values = evaluator.score(iter([result]), N, s.seed)
             row.update({protocol_key(m, evaluator.feature, part, N): values[m] for m in evaluator.metrics})
             row.update({m: values[m] for m in evaluator.metrics})
