@@ -109,6 +109,13 @@ def test_latent_samplers_clip_x0_to_the_latents_range_or_not_at_all():
     assert s.clip_sample and s.clip_range == 4.5
     assert clip_for_latents(s, math.nan).clip_sample is False
     assert _module(_first_stage()).sampler.clip_sample is False  # until the bound is known
+    # a sampler configured unclipped stays unclipped once the bound is known (the FID callback's,
+    # a checkpoint's), and its key names it; one configured with its own range is told it is replaced
+    s = clip_for_latents(DDIMSampler(num_steps=10, clip_sample=False), None)
+    s = clip_for_latents(s, 4.5)
+    assert s.clip_sample is False and s.key_part(1000) == "ddim10_noclip" and "_clip_requested" not in repr(s)
+    s = clip_for_latents(clip_for_latents(DDIMSampler(num_steps=10), None), 4.5)
+    assert s.clip_sample and s.clip_range == 4.5 and s.key_part(1000) == "ddim10"
 
 
 def test_a_latent_models_own_clipping_is_not_named_in_its_metric_key():

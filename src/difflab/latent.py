@@ -53,18 +53,24 @@ def clip_bound_of(bound: float, clip_latents: bool = True) -> float | None:
     return bound if clip_latents and math.isfinite(bound) else None
 
 
-def clip_for_latents(sampler: Any, bound: float | None, clip: bool = True) -> Any:
+def clip_for_latents(sampler: Any, bound: float | None, clip: bool | None = None) -> Any:
     """Clip the sampler's x_0 estimates to the range of the training latents, [-bound, bound],
     instead of the pixel range [-1, 1] (latents scaled to unit variance reach beyond it). ``bound``
     None or NaN (not known yet, ``first_stage.clip_latents=false``, or a checkpoint from before the
-    bound was stored): no clipping, as LDM samples. ``clip=False`` with a known bound: the user
-    turned clipping off for a model that clips, so the sampler does not clip and its metric keys
-    say ``_noclip`` (the model's own setting stays the reference, :attr:`Sampler.x0_default`).
-    Dynamic thresholding stays as configured."""
-    known = bound is not None and math.isfinite(float(bound)) and float(bound) > 0
+    bound was stored): no clipping, as LDM samples. ``clip``: whether the user wants x_0 clipped;
+    None reads the sampler's own ``clip_sample`` as configured (remembered at the first call, as
+    the sampler stops clipping while the bound is not known). A user who turns clipping off for a
+    model that clips gets an unclipped sampler whose metric keys say ``_noclip`` (the model's own
+    setting stays the reference, :attr:`Sampler.x0_default`). Dynamic thresholding stays as configured."""
     if not hasattr(sampler, "clip_sample"):
         return sampler
+    if clip is None:
+        clip = sampler.__dict__.setdefault("_clip_requested", bool(sampler.clip_sample))
+    known = bound is not None and math.isfinite(float(bound)) and float(bound) > 0
     if known and clip:
+        if sampler.clip_range not in (1.0, float(bound)):
+            log.warning("%s: clip_range=%g is replaced by the range of this latent model's training latents, %.4g",
+                        type(sampler).__name__, sampler.clip_range, float(bound))
         sampler.clip_sample = True
         sampler.clip_range = float(bound)
     elif sampler.clip_sample:

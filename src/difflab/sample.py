@@ -118,12 +118,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from difflab.latent import clip_for_latents
 
         bound = model.extra.get("clip_bound")
-        user = cfg.get("sampler")
-        if bound is not None and user is not None and user.get("clip_sample", True) is False:
+        if bound is not None and not sampler.clip_sample:  # the model's own setting clips: its keys say _noclip
             log.info("sampler.clip_sample=false: x_0 of this latent model is not clipped to its latents' range %.4g", bound)
-            clip_for_latents(sampler, bound, clip=False)  # the model's own setting clips: its keys say _noclip
-        else:
-            clip_for_latents(sampler, bound)
+        clip_for_latents(sampler, bound)
         model.extra["first_stage"]()  # the autoencoder now: a missing or another one fails before sampling
         if nll:
             raise ConfigError("metrics=[nll] is the likelihood of pixels; this checkpoint is a latent model (first_stage), "
