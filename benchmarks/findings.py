@@ -1016,8 +1016,7 @@ def section_schedule(spec: Spec, res: Results, arms: dict) -> Section:
         cos, lin = by_arm["cosine"], by_arm["linear"]
         for lab, ev in evs:
             claims.append(res.claim(f"FID {lab}: linear - cosine", (cos, lab), (lin, lab), seeds, False))
-        claims.append(Claim("bits/dim: linear - cosine", res.values(cos, seeds, "bpd", "bpd"),
-                            res.values(lin, seeds, "bpd", "bpd"), False))
+        claims.append(res.claim("bits/dim: linear - cosine", (cos, "bpd"), (lin, "bpd"), seeds, False, metric="bpd"))
     return Section(["schedule", *(f"FID {lab}" for lab, _ in evs), "val bits/dim"], rows,
                    [("FID against sampling steps", "sampling steps", "FID", series),
                     ("val bits/dim (probability-flow ODE)", "schedule", "bits/dim", bpd_series)], claims)

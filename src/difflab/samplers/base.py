@@ -81,13 +81,13 @@ class StepOutput:
     pred_x0: Tensor
 
 
-
 def key_number(x: float) -> str:
     """A number in a metric key: short (``0.5``, ``80``, ``1e-05``) where ``:g`` gives it back
     exactly, else every digit, so that two settings never share a key."""
     x = float(x)
     short = f"{x:g}"
     return short if float(short) == x else repr(x)
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
