@@ -432,7 +432,9 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
 
 def identity_diff(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """``key: recorded -> expected`` for each identity key on which a result's config and the
-    run's config of today differ (the first differing leaf of a group, e.g. backbone.base_channels)."""
+    run's config of today differ (the first differing leaf of a group, e.g. backbone.base_channels).
+    A leaf absent on one side reads null: an option added to a schema since, whose null default
+    keeps the old behaviour (DDIM's use_clipped_model_output), leaves the result current."""
     def leaves(x: Any, prefix: str) -> dict[str, Any]:
         if isinstance(x, dict):
             out: dict[str, Any] = {}
@@ -447,8 +449,8 @@ def identity_diff(recorded: dict[str, Any], expected: dict[str, Any]) -> list[st
         if a[key] != b[key]:
             la, lb = leaves(a[key], key), leaves(b[key], key)
             diff = [k for k in sorted(set(la) | set(lb)) if la.get(k) != lb.get(k)]
-            k = diff[0] if diff else key
-            out.append(f"{k}: {la.get(k, a[key])!r} -> {lb.get(k, b[key])!r}")
+            if diff:  # else only a key null on one side and absent on the other: an option added since, at null
+                out.append(f"{diff[0]}: {la.get(diff[0])!r} -> {lb.get(diff[0])!r}")
     return out
 
 

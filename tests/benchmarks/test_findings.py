@@ -398,6 +398,20 @@ def test_the_expected_config_is_the_config_the_run_stores(slug):
     assert expected["backbone"]["num_classes"] == (10 if slug == "conditioning=class" else None)
 
 
+def test_an_option_added_at_null_leaves_a_result_current():
+    """A result recorded before a schema gained an option (DDIM's use_clipped_model_output, null:
+    the old behaviour) is the same experiment; the option set to a value is another one."""
+    runs, _, _ = F.plan(["objective"], "short")
+    run = next(r for r in runs if r.slug == "objective=x0" and r.seed == 1)
+    expected = F.expected_config(run, F.Composer("short"))
+    assert "use_clipped_model_output" in expected["sampler"] and expected["sampler"]["use_clipped_model_output"] is None
+    older = json.loads(json.dumps(expected))
+    del older["sampler"]["use_clipped_model_output"]
+    assert F.identity_diff(older, expected) == []
+    older["sampler"]["use_clipped_model_output"] = True
+    assert F.identity_diff(older, expected) == ["sampler.use_clipped_model_output: True -> None"]
+
+
 def test_a_result_of_another_experiment_is_stale_not_counted_and_run_again(tmp_path, capsys):
     """trainer.precision follows the machine unless set: the suite pins it, and a result whose
     config differs from the run's of today in an identity key is reported, not counted, rerun."""

@@ -129,3 +129,41 @@ def test_zero_terminal_snr_first_step_is_finite_with_v() -> None:
 def test_bad_eta(eta) -> None:
     with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\]"):
         DDIMSampler(eta=eta)
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+@pytest.mark.parametrize("setting", ["explicit", "guided"])
+def test_clipped_model_output_matches_diffusers(process, prediction_type: str, setting: str) -> None:
+    """use_clipped_model_output=True (or the default on a guided output) is diffusers' option of
+    that name: eps re-derived from the clipped x_0; explicit False stays diffusers' default."""
+    g = torch.Generator().manual_seed(4)
+    x_t, out, noise = (3 * torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    t, t_prev = 600, 540
+    ref = _oracle_step(process, t, t_prev, out, x_t, prediction_type, 0.6, noise, clip_sample=True)
+    sched = DDIMScheduler(num_train_timesteps=t - t_prev, prediction_type=DIFFUSERS_PREDICTION[prediction_type],
+                          clip_sample=True)
+    sched.alphas_cumprod = process.alphas_cumprod.clone()
+    sched.num_inference_steps = 1
+    ref_clipped = sched.step(out, t, x_t, eta=0.6, variance_noise=noise, use_clipped_model_output=True)
+    if setting == "explicit":
+        ours = DDIMSampler(eta=0.6, use_clipped_model_output=True).step(process, out, t, t_prev, x_t, noise=noise,
+                                                                        prediction_type=prediction_type)
+        raw = DDIMSampler(eta=0.6, use_clipped_model_output=False).step(process, out, t, t_prev, x_t, noise=noise,
+                                                                        prediction_type=prediction_type, guided=True)
+    else:
+        ours = DDIMSampler(eta=0.6).step(process, out, t, t_prev, x_t, noise=noise, prediction_type=prediction_type,
+                                         guided=True)
+        raw = DDIMSampler(eta=0.6).step(process, out, t, t_prev, x_t, noise=noise, prediction_type=prediction_type)
+    assert not torch.allclose(ref_clipped.prev_sample, ref.prev_sample)  # the clip is active: the two differ
+    torch.testing.assert_close(ours.prev_sample, ref_clipped.prev_sample, atol=1e-8, rtol=0)
+    torch.testing.assert_close(raw.prev_sample, ref.prev_sample, atol=1e-8, rtol=0)
+
+
+def test_clipped_model_output_key_and_validation() -> None:
+    assert DDIMSampler(num_steps=50, eta=1.0).key_part(1000) == "ddim50_eta1"
+    assert DDIMSampler(num_steps=50, eta=1.0, use_clipped_model_output=True).key_part(1000) == "ddim50_eta1_clipeps"
+    assert DDIMSampler(num_steps=50, use_clipped_model_output=False).key_part(1000) == "ddim50_modeleps"
+    # nothing is clipped: the two eps are one, the key names nothing
+    assert DDIMSampler(num_steps=50, clip_sample=False, use_clipped_model_output=True).key_part(1000) == "ddim50_noclip"
+    with pytest.raises(ValueError, match="use_clipped_model_output must be true"):
+        DDIMSampler(use_clipped_model_output="yes")

@@ -116,3 +116,85 @@ def test_key_names_scale_options_nfe_and_labels():
     assert guidance_key(Guidance(2.0), 100, "uniform") == "cfg2_nfe100_uniform"
     assert guidance_key(Guidance(1.5, 0.7, (0.28, 5.42)), 80, "class3") == "cfg1.5_rescale0.7_int0.28-5.42_nfe80_class3"
     assert guidance_key(None, 50) is None
+
+
+# ---------------------------------------------------------------- DDIM's eps under guidance
+MIX_MEANS = torch.tensor([[-0.5, 0.5], [0.5, -0.5]], dtype=torch.float64)
+MIX_STD = 0.1
+
+
+def exact_class_model(process: GaussianDiffusion):
+    """The exact eps of two well-separated classes N(mu_k, 0.1^2 I) in 2-D (label 2: null, the
+    equal mixture): E[x0 | x_t, k] = mu_k + sqrt(ab) s^2 / (ab s^2 + 1 - ab) (x_t - sqrt(ab) mu_k)."""
+    ab_all = process.alphas_cumprod
+
+    def model(x_t, t, y):
+        x, ab = x_t.double(), ab_all[t].unsqueeze(1)
+        var = ab * MIX_STD**2 + (1 - ab)
+        centres = ab.sqrt().unsqueeze(2) * MIX_MEANS
+        logits = -0.5 * ((x.unsqueeze(1) - centres) ** 2).sum(-1) / var
+        own = torch.nn.functional.one_hot(y.clamp(max=1), 2).bool()
+        logits = torch.where((y == 2).unsqueeze(1), logits, torch.where(own, 0.0, -torch.inf))
+        r = torch.softmax(logits, 1)
+        cond = MIX_MEANS + (ab.sqrt() * MIX_STD**2 / var).unsqueeze(2) * (x.unsqueeze(1) - centres)
+        x0 = (r.unsqueeze(2) * cond).sum(1)
+        return ((x - ab.sqrt() * x0) / (1 - ab).sqrt()).to(x_t.dtype)
+
+    model.num_classes = 2
+    return model
+
+
+def _mixture_samples(sampler, w, n=2000):
+    process = GaussianDiffusion.from_schedule("cosine", 1000)
+    y = torch.arange(n) % 2
+    x = generate(exact_class_model(process), process, sampler, (n, 2), torch.Generator().manual_seed(0), progress=False,
+                 prediction_type="eps", y=y, guidance_scale=w, null_label=2)
+    return x.double(), y
+
+
+def test_guided_ddim_stays_on_its_class_with_clipping():
+    """Far-apart classes: p(x|k)^w p(x)^(1-w) is about p(x|k) near class k's mode, so guided
+    samples should sit on N(mu_k, 0.1^2) for any w. Guidance pushes x_0 past [-1, 1]; with the
+    model's eps after clipping (diffusers' default) the unclipped x_0 left in eps drags the
+    samples off (mean |x| 0.36 instead of 0.5 at w = 3); DDIM's default re-derives eps under
+    guidance and lands on the class."""
+    for w in (3.0, 5.0):
+        x, y = _mixture_samples(DDIMSampler(num_steps=50, eta=1.0), w)
+        for k in (0, 1):
+            torch.testing.assert_close(x[y == k].mean(0), MIX_MEANS[k], atol=0.03, rtol=0)
+            assert 0.07 < float(x[y == k].std(0).mean()) < 0.13
+    x, y = _mixture_samples(DDIMSampler(num_steps=50, eta=1.0, use_clipped_model_output=False), 3.0)
+    assert float((x[y == 0].mean(0) - MIX_MEANS[0]).abs().max()) > 0.1  # the failure the default avoids
+
+
+def test_ddim_rederives_eps_under_guidance_only_by_default():
+    """use_clipped_model_output=None: the model's eps unguided (w = 1), the clipped x_0's eps guided."""
+    process = GaussianDiffusion.from_schedule("cosine", 1000)
+    net = exact_class_model(process)
+    y = torch.arange(6) % 2
+
+    def run(sampler, w):
+        return generate(net, process, sampler, (6, 2), torch.Generator().manual_seed(1), progress=False,
+                        prediction_type="eps", y=y, guidance_scale=w, null_label=2)
+
+    auto, model_eps, clip_eps = (DDIMSampler(num_steps=10, eta=0.5, use_clipped_model_output=u) for u in (None, False, True))
+    assert torch.equal(run(auto, 3.0), run(clip_eps, 3.0)) and not torch.equal(run(auto, 3.0), run(model_eps, 3.0))
+    assert torch.equal(run(auto, 1.0), run(model_eps, 1.0))
+    # without clipping the two eps are one: every setting gives the same samples
+    free = [DDIMSampler(num_steps=10, eta=0.5, clip_sample=False, use_clipped_model_output=u) for u in (None, False, True)]
+    outs = [run(s, 3.0) for s in free]
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=1e-5)
+
+
+def test_modelfn_says_whether_its_last_call_was_guided():
+    net = ClassNet()
+    x, y = torch.randn(2, 1, 6, 6), torch.tensor([0, 1])
+    fn = ModelFn(net, y, guidance=Guidance(2.0, interval=(0.5, 2.0)), null_label=3, sigma_of_t=lambda t: t / 10)
+    fn(x, 10)
+    assert fn.guided  # sigma 1 inside the interval: two passes mixed
+    fn(x, 30)
+    assert not fn.guided  # sigma 3 outside: the conditional pass alone
+    plain = ModelFn(net, y)
+    plain(x, 10)
+    assert not plain.guided  # no guidance at all

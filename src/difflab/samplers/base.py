@@ -312,7 +312,9 @@ class ModelFn:
     with ``guidance`` and labels ``y`` the conditional and unconditional passes run as one
     batched forward (x twice; y, then ``null_label``) and their combination is returned; such
     an evaluation counts 2 in ``calls`` (w = 1 and w = 0 run one pass and count 1).
-    ``sigma_of_t`` maps a timestep to its noise level, for the guidance interval.
+    ``sigma_of_t`` maps a timestep to its noise level, for the guidance interval. ``guided``
+    says whether the last call returned such a combination (DDIM then re-derives eps from its
+    clipped x_0: :class:`~difflab.samplers.ddim.DDIMSampler`).
     """
 
     def __init__(self, model: Callable[..., Tensor], y: Tensor | None = None, guidance: Any = None,
@@ -323,12 +325,15 @@ class ModelFn:
         self.null_label = null_label
         self.sigma_of_t = sigma_of_t
         self.calls = 0
+        #: whether the last call returned a guided mix of two passes (w other than 0 and 1)
+        self.guided = False
 
     def __call__(self, x: Tensor, t: int | float) -> Tensor:
         if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
             t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         else:
             t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        self.guided = False
         if self.guidance is None or self.y is None:
             self.calls += 1
             return self.model(x, t_batch) if self.y is None else self.model(x, t_batch, self.y)
@@ -340,6 +345,7 @@ class ModelFn:
             self.calls += 1
             return self.model(x, t_batch, self.y if w == 1.0 else torch.full_like(self.y, self.null_label))
         self.calls += 2
+        self.guided = True
         y = torch.cat([self.y, torch.full_like(self.y, self.null_label)])
         cond, uncond = self.model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), y).chunk(2)
         return apply_guidance(cond, uncond, w, self.guidance.rescale)
@@ -523,11 +529,16 @@ class Sampler:
             raise ValueError(f"state.index must lie in [0, {state.num_steps - 1}], got {i}; create a new state per call")
         t = state.t(i)
         t_prev = state.t(i + 1) if i + 1 < state.num_steps else -1
-        out = self.step(
-            state.process, model(x, t), t, t_prev, x, generator, prediction_type=state.prediction_type, noise=noise
-        )
+        output = model(x, t)
+        out = self.step(state.process, output, t, t_prev, x, generator, prediction_type=state.prediction_type,
+                        noise=noise, **self.step_options(model))
         state.index += 1
         return out
+
+    def step_options(self, model: Any) -> dict[str, Any]:
+        """Keyword arguments of :meth:`step` that :meth:`advance` reads off the model function
+        after its call (DDIM: whether the output was guided); none by default."""
+        return {}
 
     def postprocess_x0(self, pred_x0: Tensor) -> Tensor:
         """Dynamic thresholding if enabled, else clipping to [-clip_range, clip_range] if enabled."""
