@@ -454,17 +454,22 @@ def identity_diff(recorded: dict[str, Any], expected: dict[str, Any]) -> list[st
     return out
 
 
-def expected_config(run: Run, composer: Composer) -> dict[str, Any]:
-    """The run's config as this checkout composes it on this machine and the run stores it
-    (plain, resolved; with the class count conditioning=class writes into the backbone)."""
+def stored_config(cfg: Any) -> dict[str, Any]:
+    """The plain, resolved config a run of composed config ``cfg`` stores in its checkpoint and
+    result (with the class count conditioning=class writes into the backbone)."""
     import copy
 
     from difflab.build import build_conditioning, settle_num_classes
     from difflab.utils.hydra import to_plain_dict
 
-    cfg = copy.deepcopy(composer.compose(run.overrides()))
+    cfg = copy.deepcopy(cfg)
     settle_num_classes(cfg, build_conditioning(cfg))
     return to_plain_dict(cfg)
+
+
+def expected_config(run: Run, composer: Composer) -> dict[str, Any]:
+    """The run's config as this checkout composes it on this machine and the run stores it."""
+    return stored_config(composer.compose(run.overrides()))
 
 
 def read_result(run: Run, results: Path) -> dict[str, Any] | None:
@@ -634,7 +639,7 @@ def execute(run: Run, results: Path, work: Path, cache_dir: Path, specs: dict[st
     settings = dict(specs[run.findings[0]].settings)
     t0 = time.perf_counter()
     cfg = compose_train(base_overrides(run.budget) + run.overrides(), output_dir=str(run_dir))
-    set_aside_other_experiment(run_dir, to_plain_dict(cfg))
+    set_aside_other_experiment(run_dir, cfg)
     train(cfg)  # resume=auto: a run dir left by an interrupted piece goes on from its last checkpoint
     t_train = time.perf_counter() - t0
     finished = run_dir / "finished.yaml"
@@ -674,11 +679,14 @@ def execute(run: Run, results: Path, work: Path, cache_dir: Path, specs: dict[st
     return path
 
 
-def set_aside_other_experiment(run_dir: Path, config: dict[str, Any]) -> Path | None:
+def set_aside_other_experiment(run_dir: Path, cfg: Any) -> Path | None:
     """A run dir whose checkpoints were trained as another experiment (e.g. in bf16 before the
     suite pinned fp32) must not be resumed: it is renamed ``<run dir>.stale-<time>`` (nothing
-    is deleted) and the run starts afresh. Returns where it went, or None."""
+    is deleted) and the run starts afresh. ``cfg``: the run's composed config, compared as the
+    run stores it (:func:`stored_config`). Returns where it went, or None."""
     from difflab.utils.checkpoint import checkpoint_config, load_checkpoint
+
+    config = stored_config(cfg)
 
     ckpts = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     for ckpt in ckpts:

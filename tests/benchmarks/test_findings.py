@@ -443,21 +443,25 @@ def test_a_result_of_another_experiment_is_stale_not_counted_and_run_again(tmp_p
     assert "stale" in out.out and "trainer.precision: 'bf16-mixed' -> '32-true'" in out.err + out.out
 
 
-def test_a_run_dir_of_another_experiment_is_set_aside_not_resumed(tmp_path):
+@pytest.mark.parametrize("slug", ["objective=x0", "conditioning=class"])
+def test_a_run_dir_of_another_experiment_is_set_aside_not_resumed(tmp_path, slug):
     """resume=auto would go on from a checkpoint trained in bf16 into an fp32 run: the run dir
-    is renamed instead (nothing deleted) and the run starts afresh; a matching one is resumed."""
+    is renamed instead (nothing deleted) and the run starts afresh; a matching one is resumed
+    (conditioning=class too, whose checkpoint holds the class count the run wrote into the
+    backbone, which the composed config lacks)."""
     import torch
 
-    runs, _, _ = F.plan(["objective"], "short")
-    run = next(r for r in runs if r.slug == "objective=x0" and r.seed == 1)
+    runs, _, _ = F.plan(["objective", "guidance"], "short")
+    run = next(r for r in runs if r.slug == slug and r.seed == 1)
+    composed = F.Composer("short").compose(run.overrides())
     config = F.expected_config(run, F.Composer("short"))
     run_dir = tmp_path / "seed1"
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"hyper_parameters": {"config": config}}, run_dir / "checkpoints" / "last.ckpt")
-    assert F.set_aside_other_experiment(run_dir, config) is None and run_dir.is_dir()
+    assert F.set_aside_other_experiment(run_dir, composed) is None and run_dir.is_dir()
     other = json.loads(json.dumps(config))
     other["trainer"]["precision"] = "bf16-mixed"
     torch.save({"hyper_parameters": {"config": other}}, run_dir / "checkpoints" / "last.ckpt")
-    aside = F.set_aside_other_experiment(run_dir, config)
+    aside = F.set_aside_other_experiment(run_dir, composed)
     assert aside is not None and not run_dir.exists() and (aside / "checkpoints" / "last.ckpt").is_file()
     assert aside.name.startswith("seed1.stale-")
