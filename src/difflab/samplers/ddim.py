@@ -128,8 +128,7 @@ class DDIMSampler(Sampler):
         rederive = guided if self.use_clipped_model_output is None else self.use_clipped_model_output
         if rederive and (self.clip_sample or self.dynamic_thresholding):
             # eps of the clipped x_0 (diffusers use_clipped_model_output=True; GLIDE, ADM)
-            pred_eps = (x_t - alpha_prod_t.sqrt().to(device=device, dtype=dtype) * pred_x0) / beta_prod_t.sqrt().to(
-                device=device, dtype=dtype)
+            pred_eps = process.predict_noise_from_start(x_t, t_batch, pred_x0)
 
         # 4. sigma_t(eta) = eta * sqrt((1 - alpha_{t-1}) / (1 - alpha_t)) * sqrt(1 - alpha_t / alpha_{t-1}),
         #    formula (16)
