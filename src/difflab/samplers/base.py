@@ -540,6 +540,11 @@ class Sampler:
         after its call (DDIM: whether the output was guided); none by default."""
         return {}
 
+    @property
+    def postprocesses_x0(self) -> bool:
+        """Whether :meth:`postprocess_x0` changes x_0 (clipping or dynamic thresholding is on)."""
+        return self.clip_sample or self.dynamic_thresholding
+
     def postprocess_x0(self, pred_x0: Tensor) -> Tensor:
         """Dynamic thresholding if enabled, else clipping to [-clip_range, clip_range] if enabled."""
         if self.dynamic_thresholding:
@@ -748,7 +753,7 @@ class SigmaSampler(Sampler):
                 f"the model output has shape {tuple(model_output.shape)} but x has shape {tuple(x.shape)}; they must match"
             )
         pred_x0, pred_eps = split_output(model_output, x, alpha, sigma_vp, state.prediction_type)
-        if self.clip_sample or self.dynamic_thresholding:
+        if self.postprocesses_x0:
             pred_x0 = self.postprocess_x0(pred_x0)
             pred_eps = (x - alpha * pred_x0) / sigma_vp
         return pred_x0, pred_eps

@@ -75,7 +75,7 @@ class DDIMSampler(Sampler):
         """``_eta<eta>`` when eta != 0 (``ddim50``, ``ddim50_eta1``), then ``_clipeps`` or
         ``_modeleps`` for an explicit ``use_clipped_model_output`` where x_0 is post-processed."""
         suffix = "" if self.eta == 0 else f"_eta{key_number(self.eta)}"
-        if self.use_clipped_model_output is not None and (self.clip_sample or self.dynamic_thresholding):
+        if self.use_clipped_model_output is not None and self.postprocesses_x0:
             suffix += "_clipeps" if self.use_clipped_model_output else "_modeleps"
         return suffix
 
@@ -126,7 +126,7 @@ class DDIMSampler(Sampler):
         # 3. clip or threshold the predicted x_0 (Saharia et al. 2022, arXiv:2205.11487, sec. 2.3)
         pred_x0 = self.postprocess_x0(pred_x0)
         rederive = guided if self.use_clipped_model_output is None else self.use_clipped_model_output
-        if rederive and (self.clip_sample or self.dynamic_thresholding):
+        if rederive and self.postprocesses_x0:
             # eps of the clipped x_0 (diffusers use_clipped_model_output=True; GLIDE, ADM)
             pred_eps = process.predict_noise_from_start(x_t, t_batch, pred_x0)
 
