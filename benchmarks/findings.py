@@ -1114,8 +1114,8 @@ def karras_grid_notes(config: dict[str, Any], evs: list[tuple[str, dict]]) -> li
         notes.append(
             f"Grid of {lab} (Karras et al. eq. 5, rho {sampler.rho:g}, from sigma_max = {sigmas[0]:.4g} to sigma(0) = "
             f"{float(table[0]):.3g}"
-            + (f"; sigma_max is sigma(T - 1) with alpha-bar floored at 2^-24 (the schedule's own sigma(T - 1) is "
-               f"{top:.3g})" if top > sigmas[0] * (1 + 1e-6) else "") + "): " + ", ".join(f"{x:.3g}" for x in sigmas) + ", then 0; "
+            + ("; sigma_max is sigma(T - 1) with its alpha-bar of 0 (zero terminal SNR) read as 2^-24"
+               if top > sigmas[0] * (1 + 1e-6) else "") + "): " + ", ".join(f"{x:.3g}" for x in sigmas) + ", then 0; "
             f"{high} of its {len(sigmas) - 1} steps between noise levels start above sigma {EDM_SIGMA_MAX:g} (EDM's sigma_max)"
             + (f"; its widest step that ends below sigma 1 goes from {widest[1]:.3g} to {widest[2]:.3g} "
                f"(a factor of {widest[0]:.3g})" if widest else ""))

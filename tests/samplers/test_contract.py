@@ -387,6 +387,65 @@ def test_zero_terminal_snr_sigma_is_finite() -> None:
     assert isinstance(EulerSampler(), SigmaSampler)
 
 
+SCHEDULES = ["linear", "cosine", "scaled_linear", "sigmoid", "linear-ztsnr"]
+
+
+def _schedule(name: str) -> GaussianDiffusion:
+    if name == "linear-ztsnr":
+        return GaussianDiffusion.from_schedule("linear", 1000, zero_terminal_snr=True)
+    return GaussianDiffusion.from_schedule(name, 1000)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_sigma_table_is_diffusers_on_every_schedule(schedule: str) -> None:
+    # the noise level of each timestep is the one the model was trained at: diffusers' Euler table
+    # from the same betas (cosine's alpha-bar_{T-1} = 2.4e-9 gives sigma 2.03e4; only an alpha-bar
+    # of exactly 0 reads 2**-24, as diffusers' rescale_betas_zero_snr puts there)
+    process = _schedule(schedule)
+    ztsnr = schedule.endswith("ztsnr")
+    sched = EulerDiscreteScheduler(trained_betas=process.betas.numpy(), rescale_betas_zero_snr=ztsnr,
+                                   timestep_spacing="trailing")
+    ab = sched.alphas_cumprod.double()
+    ref = ((1 - ab) / ab).sqrt()
+    torch.testing.assert_close(vp_sigmas(process), ref, rtol=2e-3, atol=0)  # diffusers: float32
+    sched.set_timesteps(10)
+    state = EulerSampler(num_steps=10).init_state(process, "eps")
+    torch.testing.assert_close(state.sigmas, sched.sigmas.double(), rtol=2e-3, atol=0)
+    if schedule == "cosine":
+        assert float(state.sigmas[0]) == pytest.approx(2.029e4, rel=1e-3)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("prediction_type", ["eps", "v"])
+def test_euler_and_first_order_dpm_solver_are_ddim_on_every_schedule(schedule: str, prediction_type: str) -> None:
+    # DDIM (eta 0) is Euler's method on dx/dsigma in x / sqrt(alpha-bar) (Karras et al. 2022, sec. 3;
+    # Lu et al. 2022, DPM-Solver-1): the three agree step for step when each step's sigma is the
+    # noise level of the timestep the model sees there, on every schedule
+    process = _schedule(schedule)
+    if schedule.endswith("ztsnr") and prediction_type == "eps":
+        pytest.skip("eps defines no x_0 at zero terminal SNR")
+    kw = {"num_steps": 10, "clip_sample": False}
+    runs = {}
+    for name, sampler in {"ddim": DDIMSampler(eta=0.0, **kw), "euler": EulerSampler(**kw),
+                          "dpm1": DPMSolverSampler(order=1, **kw)}.items():
+        state = sampler.init_state(process, prediction_type)
+        x = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        for _ in range(state.num_steps):  # in float64: sigma space at sigma 2e4 cancels digits in float32
+            x = sampler.advance(ModelFn(smooth_model_2d), x, state).prev_sample
+        runs[name] = x
+    # at zero terminal SNR the table's 2**-24 stands in for alpha-bar 0, where DDIM steps from the
+    # exact alpha-bar: the first steps differ by O(sqrt(2**-24)) = O(2.4e-4) there
+    atol = 2e-3 if schedule.endswith("ztsnr") else 1e-8
+    torch.testing.assert_close(runs["euler"], runs["ddim"], rtol=0, atol=atol)
+    torch.testing.assert_close(runs["dpm1"], runs["ddim"], rtol=0, atol=atol)
+
+
+def smooth_model_2d(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A smooth stand-in network whose output depends on t (so that a step at the wrong noise level shows)."""
+    t = t.to(x.dtype).reshape(-1, 1)
+    return 0.6 * torch.tanh(x) + 0.3 * torch.sin(3.0 * x + t / 150.0) - 2e-4 * t
+
+
 # ---------------------------------------------------------------- x_0 post-processing
 def test_threshold_sample_matches_diffusers() -> None:
     sched = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.8, sample_max_value=2.0)

@@ -213,8 +213,11 @@ def check_prediction_type(prediction_type: str) -> str:
 
 
 # ------------------------------------------------------------------ noise levels (sigma)
-#: The floor of alpha-bar when sigmas are taken: with zero terminal SNR alpha-bar_{T-1} = 0 and
-#: sigma would be infinite; diffusers' ``rescale_betas_zero_snr`` uses the same 2**-24.
+#: The alpha-bar that stands for an alpha-bar of exactly 0 when sigmas are taken: with zero
+#: terminal SNR alpha-bar_{T-1} = 0 and sigma would be infinite; diffusers'
+#: ``rescale_betas_zero_snr`` puts the same 2**-24 there. Only zeros are replaced: a small
+#: alpha-bar that is not 0 (cosine's 2.4e-9 at t = T - 1) keeps its own sigma (2.03e4), the
+#: noise level the model was trained at for that timestep.
 MIN_ALPHA_BAR = 2.0**-24
 
 
@@ -223,8 +226,13 @@ def vp_sigmas(process: GaussianDiffusion) -> Tensor:
 
     The variance-exploding noise level of the process (Karras et al. 2022, arXiv:2206.00364,
     Table 1, "VP" column): x_t / sqrt(alpha-bar_t) = x_0 + sigma_t eps. Increasing in t.
+    An alpha-bar of 0 (zero terminal SNR) reads :data:`MIN_ALPHA_BAR`; every other keeps its
+    value, so that sigma_t and the timestep t the model sees agree (a floor on all of them
+    would evaluate the model at t with a smaller sigma than its own, and the first x_0
+    estimate of a sigma sampler would be off by the ratio of the two alphas).
     """
-    ab = process.alphas_cumprod.detach().to("cpu", torch.float64).clamp(min=MIN_ALPHA_BAR)
+    ab = process.alphas_cumprod.detach().to("cpu", torch.float64)
+    ab = torch.where(ab > 0, ab, torch.full_like(ab, MIN_ALPHA_BAR))
     return ((1.0 - ab) / ab).sqrt()
 
 
@@ -619,7 +627,7 @@ class SigmaSampler(Sampler):
     noise levels of Karras et al. 2022 (arXiv:2206.00364, eq. 5, exponent ``rho``) between
     ``sigma_min`` and ``sigma_max`` (default: sigma(0) and sigma(T - 1) of the training
     schedule, as diffusers does; EDM uses sigma_max = 80, which spares the steps a schedule
-    such as cosine spends above it, where sigma(T - 1) = 4096), each at the fractional
+    such as cosine spends above it, where sigma(T - 1) = 2.03e4), each at the fractional
     timestep that has it (:func:`sigma_to_t`). The grid ends at sigma = 0: the last step returns the clean
     sample. The default spacing is ``trailing``, so that no step is spent between t = 0 and
     the clean sample (Lin et al. 2023, arXiv:2305.08891).
