@@ -47,6 +47,7 @@ temporary folder; it checks the pipeline, not the findings).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -60,7 +61,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -485,11 +486,88 @@ def stale_reason(run: Run, record: dict[str, Any] | None, composer: Composer) ->
     return identity_diff(record["config"], expected_config(run, composer))
 
 
+@dataclass(frozen=True)
+class Fix:
+    """A fix of the code that changed some evaluations' figures.
+
+    A label's figure in a result predates the fix when the commit that scored it (the label's
+    ``rescored`` entry, else the record's ``commit``) does not contain ``commit``; where git
+    cannot tell (no such commit here), when it was scored before ``date``. Such a figure is set
+    aside: the label counts as missing, the suite scores it again, and the report names the fix.
+    """
+
+    commit: str
+    date: str  # ISO 8601, UTC
+    what: str
+    applies: Callable[[dict[str, Any], dict[str, Any]], bool]  # (stored config, evaluation) -> the fix changed it
+
+
+def _sigma_sampler_on_a_floored_schedule(config: dict[str, Any], ev: dict[str, Any]) -> bool:
+    """An evaluation by a sigma sampler (Euler, Heun, DPM-Solver, UniPC) under a schedule whose
+    alpha-bar_{T-1} lies in (0, 2**-24), where the old sigma table was floored (cosine's 2.4e-9)."""
+    from difflab.samplers import SAMPLERS
+    from difflab.samplers.base import MIN_ALPHA_BAR, SigmaSampler
+
+    cls = SAMPLERS.get(str((ev.get("sampler") or {}).get("name")))
+    if cls is None or not issubclass(cls, SigmaSampler) or not config.get("schedule"):
+        return False
+    last = _terminal_alpha_bar(json.dumps(config["schedule"], sort_keys=True))
+    return 0.0 < last < MIN_ALPHA_BAR
+
+
+@functools.lru_cache(maxsize=None)
+def _terminal_alpha_bar(schedule: str) -> float:
+    import hydra
+
+    return float(hydra.utils.instantiate(json.loads(schedule)).alphas_cumprod[-1])
+
+
+#: The fixes that set figures aside (see :class:`Fix`), oldest first.
+FIXES: tuple[Fix, ...] = (
+    Fix("7e75329", "2026-12-04T01:56:30Z",
+        "the sigma samplers' table floored alpha-bar at 2^-24, so their first step called the model at t = T - 1 "
+        "with sigma 4096 instead of the cosine schedule's 2.03e4 (x_0 estimate 5x shrunk)",
+        _sigma_sampler_on_a_floored_schedule),
+)
+
+
+def _contains(commit: str | None, fix: str) -> bool | None:
+    """Whether ``commit`` contains ``fix`` (None: git cannot tell here)."""
+    if not commit:
+        return None
+    try:
+        r = subprocess.run(["git", "merge-base", "--is-ancestor", fix, commit], cwd=ROOT, capture_output=True)
+    except OSError:
+        return None
+    return {0: True, 1: False}.get(r.returncode)
+
+
+def superseded_labels(record: dict[str, Any] | None, evaluations: dict[str, dict[str, Any]]) -> dict[str, Fix]:
+    """label -> the fix that set its figure in ``record`` aside (the labels a fix changed that
+    were scored before it)."""
+    if not record or not record.get("config"):
+        return {}
+    out: dict[str, Fix] = {}
+    for label, ev in evaluations.items():
+        if label not in record.get("metrics", {}):
+            continue
+        when = (record.get("rescored") or {}).get(label) or record
+        for fix in FIXES:
+            if not fix.applies(record["config"], ev):
+                continue
+            has = _contains(when.get("commit"), fix.commit)
+            if has is False or (has is None and str(when.get("finished_at") or "") < fix.date):
+                out[label] = fix
+    return out
+
+
 def missing_labels(run: Run, record: dict[str, Any] | None) -> list[str] | None:
-    """None when the run has no result yet, else the evaluations its result lacks."""
+    """None when the run has no result yet, else the evaluations its result lacks (or holds
+    from before a fix that changed them: :func:`superseded_labels`)."""
     if record is None:
         return None
-    return [label for label in run.evaluations if label not in record.get("metrics", {})]
+    old = superseded_labels(record, run.evaluations)
+    return [label for label in run.evaluations if label not in record.get("metrics", {}) or label in old]
 
 
 def _device() -> str:
@@ -498,8 +576,9 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings: dict[str, Any]) -> tuple[dict, dict]:
-    """Score the run's checkpoint for each of its evaluations: (metrics by label, floor)."""
+def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings: dict[str, Any],
+                 labels: list[str] | None = None) -> tuple[dict, dict]:
+    """Score the run's checkpoint for each of its evaluations (or those of ``labels``): (metrics by label, floor)."""
     import hydra
     import torch
 
@@ -530,6 +609,8 @@ def evaluate_run(run: Run, run_dir: Path, cache_dir: Path, device: str, settings
     batch = int(settings["batch_size"])
     metrics: dict[str, Any] = {}
     for label, ev in run.evaluations.items():
+        if labels is not None and label not in labels:
+            continue
         t0 = time.perf_counter()
         if ev["kind"] == "fid_curve":
             points = []
@@ -646,6 +727,14 @@ def execute(run: Run, results: Path, work: Path, cache_dir: Path, specs: dict[st
     if not finished.is_file():
         raise RuntimeError(f"{run.slug} seed {run.seed}: the fit did not reach trainer.max_steps (no {finished})")
     marker = OmegaConf.to_container(OmegaConf.load(finished))
+    old = read_result(run, results)
+    redo = missing_labels(run, old)
+    if old is not None and redo and len(redo) < len(run.evaluations) and not stale_reason(run, old, Composer(run.budget)):
+        path = rescore(run, old, redo, run_dir, cache_dir, settings, marker, results)
+        if path is not None:
+            if not keep:
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            return path
     metrics, floor = evaluate_run(run, run_dir, cache_dir, _device(), settings)
     config = {k: v for k, v in to_plain_dict(cfg).items() if k not in VOLATILE}
     logger = ",".join(str(k) for k in (cfg.get("logger") or {}))
@@ -676,6 +765,51 @@ def execute(run: Run, results: Path, work: Path, cache_dir: Path, specs: dict[st
     os.replace(tmp, path)
     if not keep:  # the checkpoints go; the rest (wandb/ for `wandb sync`, fid/, logs) stays in the work dir
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return path
+
+
+def witness_label(run: Run, record: dict[str, Any], redo: list[str]) -> str | None:
+    """A label the record holds and keeps, to score again beside ``redo``: the FID callback's end
+    score where the record took one (free: the retrained run scores it anyway), else the
+    cheapest FID evaluation (fewest network calls x samples). None when there is none."""
+    kept = [lab for lab, ev in run.evaluations.items()
+            if lab not in redo and ev["kind"] == "fid" and (record.get("metrics") or {}).get(lab, {}).get("fid") is not None]
+    if not kept:
+        return None
+    free = [lab for lab in kept if str(record["metrics"][lab].get("from", "")).startswith("callbacks.fid")]
+    if free:
+        return free[0]
+    return min(kept, key=lambda lab: (record["metrics"][lab].get("nfe") or math.inf) * (record["metrics"][lab].get("n") or 1))
+
+
+def rescore(run: Run, record: dict[str, Any], redo: list[str], run_dir: Path, cache_dir: Path,
+            settings: dict[str, Any], marker: dict[str, Any], results: Path) -> Path | None:
+    """Score only the labels ``redo`` on the run's checkpoint (trained again when its checkpoint
+    is gone) and merge them into ``record``, when the checkpoint is the one the record was scored
+    from: a label the record keeps (:func:`witness_label`) must score the same figure again (to
+    1e-6). Returns the path written, or None when the weights differ (then every label is scored
+    afresh). Each merged label gets a ``rescored`` entry: commit, time, W&B run id, the witness."""
+    witness = witness_label(run, record, redo)
+    if witness is None:
+        return None
+    note(f"  scoring again {', '.join(redo)} (witness {witness}: the same weights must give its recorded figure)")
+    metrics, floor = evaluate_run(run, run_dir, cache_dir, _device(), settings, labels=[*redo, witness])
+    before, after = float(record["metrics"][witness]["fid"]), float(metrics[witness]["fid"])
+    if not math.isclose(before, after, rel_tol=1e-6, abs_tol=1e-9):
+        note(f"  the retrained checkpoint scores {witness} FID {after:.6g}, the record {before:.6g}: other weights; "
+             "scoring every label afresh")
+        return None
+    stamp = {"commit": _git_commit(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "wandb_run_id": marker.get("wandb_run_id"), "witness": witness, "witness_fid": after,
+             "why": sorted({fix.commit for fix in superseded_labels(record, run.evaluations).values()})}
+    record = json.loads(json.dumps(record))
+    record["metrics"].update({lab: metrics[lab] for lab in redo})
+    record["floor"] = {**(record.get("floor") or {}), **floor}
+    record["rescored"] = {**(record.get("rescored") or {}), **{lab: dict(stamp) for lab in redo}}
+    path = run.path(results)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
     return path
 
 
@@ -818,11 +952,15 @@ def verdict(claims: list[Claim], done: int, total: int) -> tuple[str, list[str]]
 class Results:
     """The JSON results of one budget, by arm slug and seed."""
 
-    def __init__(self, results: Path, budget: str, expected: dict[tuple[str, int], dict] | None = None) -> None:
+    def __init__(self, results: Path, budget: str, expected: dict[tuple[str, int], dict] | None = None,
+                 evaluations: dict[tuple[str, int], dict[str, dict]] | None = None) -> None:
         """``expected``: (arm, seed) -> the run's config of today; a record that differs from it in
-        an identity key goes to ``stale`` (with the reasons) instead of ``by``."""
+        an identity key goes to ``stale`` (with the reasons) instead of ``by``. ``evaluations``:
+        (arm, seed) -> the run's evaluations; a figure scored before a fix that changed it
+        (:func:`superseded_labels`) is left out of ``by`` and listed in ``superseded``."""
         self.by: dict[tuple[str, int], dict] = {}
         self.stale: dict[tuple[str, int], list[str]] = {}
+        self.superseded: dict[tuple[str, int], dict[str, Fix]] = {}
         for path in sorted((results / budget).glob("*/seed*.json")):
             rec = json.loads(path.read_text())
             if rec.get("format") != FORMAT:
@@ -832,8 +970,12 @@ class Results:
             why = identity_diff(rec["config"], expected[key]) if check else []
             if why:
                 self.stale[key] = why
-            else:
-                self.by[key] = rec
+                continue
+            old = superseded_labels(rec, (evaluations or {}).get(key, {}))
+            if old:
+                self.superseded[key] = old
+                rec = {**rec, "metrics": {k: v for k, v in rec["metrics"].items() if k not in old}}
+            self.by[key] = rec
 
     def values(self, arm: str, seeds: list[int], label: str, metric: str = "fid") -> dict[int, float]:
         out = {}
@@ -872,8 +1014,9 @@ class Results:
     def groups(self, arm: str, seeds: list[int]) -> list[str]:
         return sorted({r["wandb"]["group"] for (a, s), r in self.by.items() if a == arm and s in seeds})
 
-    def done(self, arm: str, seeds: list[int]) -> int:
-        return sum((arm, s) in self.by for s in seeds)
+    def done(self, arm: str, seeds: list[int], labels: Any = ()) -> int:
+        """The runs of ``arm`` with a result, none of whose ``labels`` is set aside by a fix."""
+        return sum((arm, s) in self.by and not set(labels) & set(self.superseded.get((arm, s), {})) for s in seeds)
 
 
 @dataclass
@@ -1313,7 +1456,8 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
     runs, specs, arms = plan(list(FINDINGS), budget)
     composer = Composer(budget)
     res = Results(results, budget, {(r.slug, r.seed): expected_config(r, composer) for r in runs
-                                    if r.path(results).is_file()})  # composed for the runs with a result only
+                                    if r.path(results).is_file()},  # composed for the runs with a result only
+                  {(r.slug, r.seed): r.evaluations for r in runs})
     group_of = {r.slug: r.group for r in runs}
     flag = {"short": "", "full": " --full", "quick": " --quick"}[budget]
     rel = os.path.relpath(results, ROOT) if results.is_relative_to(ROOT) else str(results)
@@ -1337,13 +1481,23 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
         intro += ["Not counted: results run as another experiment than the suite's of today (they run again): "
                   + "; ".join(f"`{a}` seed {sd} ({', '.join(why)})" for (a, sd), why in sorted(res.stale.items())) + ".",
                   ""]
+    by_fix: dict[str, list[str]] = {}
+    for (a, sd), old in sorted(res.superseded.items()):
+        for fix in {f.commit: f for f in old.values()}.values():
+            by_fix.setdefault(fix.commit, []).append(
+                f"`{a}` seed {sd} ({', '.join(f'`{lab}`' for lab, f in old.items() if f.commit == fix.commit)})")
+    for commit, where in by_fix.items():
+        fix = next(f for f in FIXES if f.commit == commit)
+        intro += [f"Set aside until scored again: figures scored before fix {commit} ({fix.what}): " + "; ".join(where)
+                  + ". Their old values stay in the JSON files; a run counts as done for a finding again when "
+                  "its labels are scored anew (`python benchmarks/findings.py --arm ARM --seed SEED`).", ""]
     lines: list[str] = []
     summary = []
     for name in FINDINGS:
         spec = specs[name]
         slugs = sorted(set(arms[name].values()))
         total = len(slugs) * len(spec.seeds)
-        done = sum(res.done(s, spec.seeds) for s in slugs)
+        done = sum(res.done(s, spec.seeds, _labels(spec)) for s in slugs)
         sec = SECTIONS[name](spec, res, arms[name])
         word, why = verdict(sec.claims, done, total)
         summary.append((spec.number, spec.title, word, done, total))
@@ -1372,7 +1526,12 @@ def write_report(results: Path, budget: str, out: Path, plots: Path, wandb_dir: 
         else:
             lines += ["Plot: not run yet.", ""]
         lines += [f"**Verdict: {word}.** " + "; ".join(why) + ".", ""]
-        lines += [f"- {n}" for n in sec.notes] + ([""] if sec.notes else [])
+        aside = sorted({(lab, f.commit) for sl in slugs for sd in spec.seeds
+                        for lab, f in res.superseded.get((sl, sd), {}).items() if lab in _labels(spec)})
+        notes = list(sec.notes) + ([
+            "Cells read *not run yet* where their figures were scored before a fix that changed them and are set aside "
+            "until scored again: " + ", ".join(f"`{lab}` (fix {c})" for lab, c in aside)] if aside else [])
+        lines += [f"- {n}" for n in notes] + ([""] if notes else [])
         if wandb_dir is not None and png is not None:
             log_to_wandb(spec, budget, sec, png, word, why, wandb_dir)
     head = ["## Summary", "", table(["#", "finding", "verdict", "runs done"],
@@ -1454,8 +1613,10 @@ def main(argv: list[str] | None = None) -> int:
             if stale:  # another experiment than the run of today (e.g. another machine's precision): run it again
                 note(f"stale {run.slug} seed {run.seed}: its result was run with {'; '.join(stale)}; running it again")
                 lacking = None
+            old = {} if stale else superseded_labels(record, run.evaluations)
             state = ("stale" if stale else "no result") if lacking is None else (
-                "done" if not lacking else f"lacks {', '.join(lacking[:4])}")
+                "done" if not lacking else f"lacks {', '.join(lacking[:4])}"
+                + (f" (set aside by fix {', '.join(sorted({f.commit for f in old.values()}))})" if old else ""))
             if args.list:
                 c = run_cost(run, composer)
                 print(f"{run.slug:40s} {run.seed:4d}  {c['train_steps']:6d} {c['callback_image_nfe']:13,d} "

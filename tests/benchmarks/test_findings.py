@@ -465,3 +465,96 @@ def test_a_run_dir_of_another_experiment_is_set_aside_not_resumed(tmp_path, slug
     aside = F.set_aside_other_experiment(run_dir, composed)
     assert aside is not None and not run_dir.exists() and (aside / "checkpoints" / "last.ckpt").is_file()
     assert aside.name.startswith("seed1.stale-")
+
+
+def _default_record(run, config, commit, finished_at):
+    metrics = {lab: {"fid": 1.0 + i, "n": 1000, "nfe": 10} for i, lab in enumerate(run.evaluations)}
+    metrics["ddim50_eta1"]["from"] = "callbacks.fid, step 1500"
+    return {"format": F.FORMAT, "arm": run.slug, "seed": run.seed, "metrics": metrics, "global_step": 1500,
+            "config": config, "commit": commit, "finished_at": finished_at, "floor": {"fid_floor/digits/n1000": 0.1},
+            "wandb": {"group": run.group, "run_id": "old"}}
+
+
+def _git(*args):
+    return subprocess.run(["git", *args], cwd=F.ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_figures_scored_before_a_fix_are_set_aside_and_scored_again(tmp_path):
+    """The sigma-table fix (7e75329) changed what sigma samplers give on the cosine schedule: a
+    result scored before it keeps its DDIM figures, while its DPM-Solver/UniPC/Heun labels count
+    as missing (the suite scores them again) and the report leaves them out and says why."""
+    fix = next(f for f in F.FIXES if f.commit == "7e75329")
+    runs, _, _ = F.plan(["solvers"], "short")
+    run = next(r for r in runs if r.seed == 0)
+    config = F.expected_config(run, F.Composer("short"))
+    sigma_labels = {lab for lab, ev in run.evaluations.items() if ev["kind"] == "fid"
+                    and ev["sampler"]["name"] in ("dpm_solver", "unipc", "heun", "euler", "euler_ancestral")}
+    assert {"dpmpp2m_nfe10", "unipc_nfe20", "heun_karras_nfe9"} <= sigma_labels and "ddim10" not in sigma_labels
+    parent = _git("rev-parse", f"{fix.commit}~1")
+    before = _default_record(run, config, parent, "2026-12-03T11:52:28Z")
+    assert set(F.superseded_labels(before, run.evaluations)) == sigma_labels
+    assert set(F.missing_labels(run, before)) == sigma_labels
+    after = _default_record(run, config, _git("rev-parse", "HEAD"), "2026-12-03T11:52:28Z")  # git says: it has the fix
+    assert F.superseded_labels(after, run.evaluations) == {} and F.missing_labels(run, after) == []
+    unknown = _default_record(run, config, "0" * 40, "2026-12-05T00:00:00Z")  # a commit git does not know: the date
+    assert F.superseded_labels(unknown, run.evaluations) == {}
+    assert set(F.superseded_labels({**unknown, "finished_at": "2026-12-01T00:00:00Z"}, run.evaluations)) == sigma_labels
+    rescored = json.loads(json.dumps(before))
+    rescored["rescored"] = {lab: {"commit": _git("rev-parse", "HEAD"), "finished_at": "2026-12-05T00:00:00Z"}
+                            for lab in sigma_labels}
+    assert F.missing_labels(run, rescored) == []
+    linear = json.loads(json.dumps(before))  # linear's alpha-bar_{T-1} = 4e-5: the table never floored it
+    linear_run = next(r for r in F.plan(["schedule"], "short")[0] if r.slug == "schedule=linear")
+    linear["config"]["schedule"] = F.expected_config(linear_run, F.Composer("short"))["schedule"]
+    assert F.superseded_labels(linear, run.evaluations) == {}
+
+    path = run.path(tmp_path / "res")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(before))
+    res = F.Results(tmp_path / "res", "short", {(run.slug, 0): config}, {(run.slug, 0): run.evaluations})
+    assert set(res.superseded[(run.slug, 0)]) == sigma_labels
+    assert res.values(run.slug, [0], "dpmpp2m_nfe10") == {} and res.values(run.slug, [0], "ddim10") == {0: before["metrics"]["ddim10"]["fid"]}
+    assert res.done(run.slug, [0]) == 1 and res.done(run.slug, [0], ["ddim10"]) == 1
+    assert res.done(run.slug, [0], ["ddim10", "unipc_nfe10"]) == 0
+
+
+@pytest.mark.parametrize("same_weights", [True, False])
+def test_rescoring_merges_only_from_the_same_weights(tmp_path, monkeypatch, same_weights):
+    """Only the set-aside labels are scored again, beside a witness the record keeps (the FID
+    callback's score, free); they are merged when the witness scores its recorded figure again,
+    else nothing is merged (the caller scores every label afresh)."""
+    runs, _, _ = F.plan(["solvers"], "short")
+    run = next(r for r in runs if r.seed == 0)
+    config = F.expected_config(run, F.Composer("short"))
+    record = _default_record(run, config, _git("rev-parse", f"{F.FIXES[0].commit}~1"), "2026-12-03T11:52:28Z")
+    path = run.path(tmp_path / "res")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    redo = F.missing_labels(run, record)
+    assert F.witness_label(run, record, redo) == "ddim50_eta1"
+    assert F.witness_label(run, {**record, "metrics": {k: {**v, "from": None} for k, v in record["metrics"].items()}},
+                           redo) not in redo
+    asked = []
+
+    def fake_evaluate(run_, run_dir, cache_dir, device, settings, labels=None):
+        asked.append(list(labels))
+        out = {lab: {"fid": 50.0, "n": 1000, "nfe": 10} for lab in labels}
+        out["ddim50_eta1"] = {"fid": record["metrics"]["ddim50_eta1"]["fid"] + (0.0 if same_weights else 0.01)}
+        return out, {"fid_floor/digits/n500": 0.2}
+
+    monkeypatch.setattr(F, "evaluate_run", fake_evaluate)
+    got = F.rescore(run, record, redo, tmp_path / "run", tmp_path / "cache", {}, {"wandb_run_id": "new"}, tmp_path / "res")
+    assert asked == [[*redo, "ddim50_eta1"]]
+    written = json.loads(path.read_text())
+    if not same_weights:
+        assert got is None and written == record  # nothing merged
+        return
+    assert got == path
+    assert {lab for lab, m in written["metrics"].items() if m["fid"] == 50.0} == set(redo)
+    assert written["metrics"]["ddim10"] == record["metrics"]["ddim10"]  # the kept figures stay
+    assert written["commit"] == record["commit"] and written["wandb"]["run_id"] == "old"
+    assert set(written["rescored"]) == set(redo)
+    stamp = written["rescored"]["unipc_nfe10"]
+    assert stamp["wandb_run_id"] == "new" and stamp["witness"] == "ddim50_eta1" and stamp["why"] == [F.FIXES[0].commit]
+    assert written["floor"] == {"fid_floor/digits/n1000": 0.1, "fid_floor/digits/n500": 0.2}
+    assert F.missing_labels(run, written) == []  # scored with the fix: current again
