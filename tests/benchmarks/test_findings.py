@@ -55,7 +55,9 @@ def test_budgets_change_the_grid_and_the_evaluations():
 def test_evaluation_labels_name_the_protocol():
     ev = F.expand_evaluations(F.load_spec("solvers").evaluate)
     assert set(ev) == {"ddim10", "ddim20", "dpmpp2m_nfe10", "dpmpp2m_nfe20", "unipc_nfe10", "unipc_nfe20",
-                       "heun_karras_nfe9", "heun_karras_nfe19"}
+                       "heun_karras_smax80_nfe9", "heun_karras_smax80_nfe19", "heun_karras_nfe9", "heun_karras_nfe19"}
+    assert ev["heun_karras_smax80_nfe9"]["sampler"] == {"name": "heun", "num_steps": 5, "use_karras_sigmas": True,
+                                                         "sigma_max": 80.0}
     ema = F.expand_evaluations(F.load_spec("ema").evaluate)
     assert set(ema) == {"ddim50_eta1", "ddim50_eta1_raw", "ddim50_eta1_decay9999", "ddim50_eta1_decay999_nowarmup",
                         "ddim50_eta1_decay9999_nowarmup"}
@@ -155,6 +157,9 @@ def test_verdict_words():
     assert F.verdict([reverse, missing], 6, 6)[0] == "not reproduced"  # one significant reversal is enough
     word, why = F.verdict([agree], 5, 6)
     assert word == "pending" and why == ["5 of 6 runs have results; the verdict waits for the rest"]
+    word, why = F.verdict([agree], 0, 3, partial=3)  # results that lack a figure the finding added later
+    assert word == "pending" and why[0].startswith("0 of 3 runs have every figure of this finding, 3 have results that lack")
+    assert F.verdict([agree], 0, 3)[0] == "not run yet"
 
 
 def test_cell_never_estimates():
@@ -562,3 +567,42 @@ def test_rescoring_merges_only_from_the_same_weights(tmp_path, monkeypatch, same
     assert stamp["wandb_run_id"] == "new" and stamp["witness"] == "ddim50_eta1" and stamp["why"] == [F.FIXES[0].commit]
     assert written["floor"] == {"fid_floor/digits/n1000": 0.1, "fid_floor/digits/n500": 0.2}
     assert F.missing_labels(run, written) == []  # scored after the fix: current again
+
+
+def test_solvers_verdict_tests_edms_heun_grid_and_reports_the_full_range_apart(tmp_path):
+    """Karras et al. published Heun on EDM's grid (sigma_max = 80): the verdict tests that grid;
+    a Karras grid over the schedule's whole range (diffusers' default) is reported with no
+    direction claimed. A result without the EDM-grid labels does not count as done."""
+    assert F.solver_protocol({"name": "heun", "num_steps": 5, "use_karras_sigmas": True, "sigma_max": 80.0})[1]
+    assert not F.solver_protocol({"name": "heun", "num_steps": 5, "use_karras_sigmas": True})[1]
+    assert not F.solver_protocol({"name": "heun", "num_steps": 5, "use_karras_sigmas": True, "sigma_max": 150.0})[1]
+    assert F.solver_protocol({"name": "dpm_solver", "num_steps": 10}) == ("dpm_solver", True)
+    runs, specs, arms = F.plan(["solvers"], "short")
+    config = F.expected_config(runs[0], F.Composer("short"))
+    fid = {"ddim10": 5.0, "ddim20": 3.0, "dpmpp2m_nfe10": 4.0, "dpmpp2m_nfe20": 2.5, "unipc_nfe10": 3.0,
+           "unipc_nfe20": 2.0, "heun_karras_smax80_nfe9": 4.5, "heun_karras_smax80_nfe19": 2.8,
+           "heun_karras_nfe9": 60.0, "heun_karras_nfe19": 7.0}
+    for run in runs:
+        rec = _default_record(run, config, "0" * 40, "2026-12-05T00:00:00Z")  # after the fix (by date)
+        rec["metrics"].update({lab: {"fid": v + 0.01 * run.seed, "n": 1000} for lab, v in fid.items()})
+        if run.seed == 2:
+            del rec["metrics"]["heun_karras_smax80_nfe19"]
+        path = run.path(tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec))
+    res = F.Results(tmp_path, "short")
+    slug = runs[0].slug
+    labels = F._labels(specs["solvers"])
+    assert res.done(slug, [0, 1], labels) == 2 and res.done(slug, [0, 1, 2], labels) == 2
+    assert F.missing_labels(runs[2], res.by[(slug, 2)]) == ["heun_karras_smax80_nfe19"]
+    sec = F.section_solvers(specs["solvers"], res, arms["solvers"])
+    texts = [c.text for c in sec.claims]
+    assert any(t.startswith("FID heun_karras_smax80_nfe9 against ddim10") for t in texts)
+    assert not any("heun_karras_nfe" in t for t in texts)  # the full-range grid is no claim...
+    apart = [n for n in sec.notes if n.startswith("Reported, no direction claimed: FID heun_karras_nfe9 against ddim10")]
+    assert len(apart) == 1 and "negative" in apart[0]  # ...but its comparison is in the notes
+    names = {row[2]: row[0] for row in sec.rows}
+    assert names["heun_karras_smax80_nfe9"] != names["heun_karras_nfe9"]  # two rows, two series in the plot
+    assert set(sec.panels[0][3]) == {"ddim", "dpm_solver", "unipc", names["heun_karras_nfe9"], names["heun_karras_smax80_nfe9"]}
+    grid = next(n for n in sec.notes if n.startswith("Grid of heun_karras_smax80_nfe9 "))
+    assert "from sigma_max = 80 to" in grid and "2^-24" not in grid and "0 of its 4 steps" in grid
