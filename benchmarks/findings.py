@@ -1228,13 +1228,13 @@ def section_solvers(spec: Spec, res: Results, arms: dict) -> Section:
             rows.append([name, str(nfe), lab, cell(res.values(slug, seeds, lab), seeds)])
             if name != "ddim":
                 ref = ddim.get(nfe) or ddim.get(nfe + 1)  # Heun's 2s - 1 NFE against DDIM's next even count
-                if ref and published[lab]:
-                    claims.append(res.claim(f"FID {lab} against {ref}: DDIM - {name}", (slug, lab), (slug, ref), seeds,
-                                            True))
-                elif ref:
-                    apart.append("Reported, no direction claimed: " + res.claim(
-                        f"FID {lab} against {ref}: DDIM - {name}", (slug, lab), (slug, ref), seeds, True,
-                        directed=False).test()[1])
+                if ref:
+                    c = res.claim(f"FID {lab} against {ref}: DDIM - {name}", (slug, lab), (slug, ref), seeds, True,
+                                  directed=published[lab])
+                    if c.directed:
+                        claims.append(c)
+                    else:  # not the paper's protocol: reported, no direction claimed
+                        apart.append("Reported, no direction claimed: " + c.test()[1])
     config = next((res.by[(slug, s)].get("config") for s in seeds if (slug, s) in res.by), None)
     notes = apart + (karras_grid_notes(config, evs) if config else [])
     if not all(published.values()):
@@ -1289,7 +1289,8 @@ def karras_grid_notes(config: dict[str, Any], evs: list[tuple[str, dict]]) -> li
             f"Grid of {lab} (Karras et al. eq. 5, rho {sampler.rho:g}, from sigma_max = {sigmas[0]:.4g} to sigma(0) = "
             f"{float(table[0]):.3g}"
             + ("; sigma_max is sigma(T - 1) with its alpha-bar of 0 (zero terminal SNR) read as 2^-24"
-               if sampler.sigma_max is None and top > sigmas[0] * (1 + 1e-6) else "") + "): " + ", ".join(f"{x:.3g}" for x in sigmas) + ", then 0; "
+               if sampler.sigma_max is None and top > sigmas[0] * (1 + 1e-6) else "")
+            + "): " + ", ".join(f"{x:.3g}" for x in sigmas) + ", then 0; "
             f"{high} of its {len(sigmas) - 1} steps between noise levels start above sigma {EDM_SIGMA_MAX:g} (EDM's sigma_max)"
             + (f"; its widest step that ends below sigma 1 goes from {widest[1]:.3g} to {widest[2]:.3g} "
                f"(a factor of {widest[0]:.3g})" if widest else ""))
