@@ -895,26 +895,29 @@ class Claim:
             return ""
         return "scored at n = " + ", ".join(show(n) for n in sorted(ns, key=lambda n: -1 if n is None else n))
 
-    def test(self) -> tuple[str, str]:
-        """("agrees" | "contradicts" | "unclear" | "missing", the figure behind it): a two-sided
-        t-test at 5% on the difference high - low (paired over seeds, or Welch's)."""
+    def ttest(self) -> tuple[str, float, float, float, str]:
+        """(outcome, difference high - low, its standard error, the 5% two-sided critical value,
+        how it was tested): a t-test paired over seeds, or Welch's. The outcome is "agrees",
+        "contradicts" or "unclear"; "missing" (the last item then says why, the numbers are nan)
+        when a side has no scores, too few seeds, or scores at different n."""
+        nan = math.nan
         if not self.low and not self.high:
-            return "missing", f"{self.text}: not run yet"
+            return "missing", nan, nan, nan, "not run yet"
         mixed = self._mixed_n()
         if mixed:  # FID's bias falls as n grows: such scores are not comparable
-            return "missing", f"{self.text}: not comparable ({mixed})"
+            return "missing", nan, nan, nan, f"not comparable ({mixed})"
         if self.paired:
             seeds = sorted(set(self.low) & set(self.high))
             diffs = [self.high[s] - self.low[s] for s in seeds]
             if len(diffs) < 2:
-                return "missing", f"{self.text}: fewer than 2 seeds"
+                return "missing", nan, nan, nan, "fewer than 2 seeds"
             d, sd, k = stats(diffs)
             se, df = sd / math.sqrt(k), k - 1
             how = f"paired over {k} seeds"
         else:
             a, b = list(self.low.values()), list(self.high.values())
             if len(a) < 2 or len(b) < 2:
-                return "missing", f"{self.text}: fewer than 2 seeds"
+                return "missing", nan, nan, nan, "fewer than 2 seeds"
             (ma, sa, na), (mb, sb, nb) = stats(a), stats(b)
             va, vb = sa**2 / na, sb**2 / nb
             d, se = mb - ma, math.sqrt(va + vb)
@@ -922,6 +925,14 @@ class Claim:
             how = f"Welch, {na} and {nb} seeds, df {df:.3g}"
         crit = t_critical(df)
         outcome = "agrees" if d > crit * se else "contradicts" if d < -crit * se else "unclear"
+        return outcome, d, se, crit, how
+
+    def test(self) -> tuple[str, str]:
+        """("agrees" | "contradicts" | "unclear" | "missing", the figure behind it): a two-sided
+        t-test at 5% on the difference high - low (paired over seeds, or Welch's)."""
+        outcome, d, se, crit, how = self.ttest()
+        if outcome == "missing":
+            return outcome, f"{self.text}: {how}"
         if self.directed:
             word = {"agrees": "holds", "contradicts": "reversed", "unclear": "not significant"}[outcome]
         else:
@@ -1058,6 +1069,7 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
     label = {(float(ev["sampler"]["eta"]), int(ev["sampler"]["num_steps"]), bool(ev["sampler"].get("clip_sample", True))): lab
              for lab, ev in evs}
     rows, panels, claims, notes = [], [], [], []
+    factors: list[tuple[str, str, Claim]] = []  # the investigation's comparisons: name, detail, claim
     # the grid's own n; a cell another finding shares is scored at that finding's n (the suite
     # scores a label at one n on every arm): such cells carry a mark and a note
     grid_n = (Counter(int(ev["n"]) for _, ev in evs if "n" in ev).most_common(1) or [(0, 0)])[0][0]
@@ -1086,6 +1098,9 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                 claims.append(c)  # the paper's setting: clipped, the budget's checkpoint, the fewest steps
             else:
                 notes.append("Investigation, " + c.test()[1])
+                factors.append((f"{length} training steps" if clip else f"clip off at {length} training steps",
+                                "" if clip else "samples: " + clamped_share(
+                                    res, slug, seeds, [label[(e, st, False)] for e in etas for st in steps]), c))
         if len(clips) == 2:  # why clipping matters: FID, the clamped share, and the first step's gain
             notes.extend(_clip_notes(res, slug, seeds, length, etas, steps, label))
         # the same question in another feature space: the spec's cells (eta, steps) scored there
@@ -1102,12 +1117,50 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                               (slug, cells[(lo, st)]), (slug, cells[(hi, st)]), seeds, True)
                 notes.append("Investigation, " + c.test()[1] + " (" + ", ".join(
                     f"eta {e:g}: {cell(res.values(slug, seeds, cells[(e, st)]), seeds)}" for e in es) + ")")
+                if length == lengths[0][0] and st == steps[0]:
+                    factors.append((f"{space} features at {length} training steps", "", c))
+    if claims and factors:
+        notes.insert(0, eta_answer(claims[0], factors))
     if grid_n and marked:
         notes.insert(0, f"Cells marked (n ...) are scored at that n, not the grid's n = {grid_n:,d}: other findings share "
                         "them, and the suite scores a sampler at one n on every arm. FID falls as n grows, so compare "
                         "such a cell only with cells at its n; a claim between different n reads 'not comparable'.")
     return Section(["training steps", "clip x0", "sampling steps", *(f"FID eta {e:g}" for e in etas)], rows, panels, claims,
                    notes)
+
+
+def eta_answer(main: Claim, factors: list[tuple[str, str, Claim]]) -> str:
+    """Finding 1's question, from the figures: the paper's comparison (eta 1 against eta 0 at the
+    fewest steps) in its setting here, then how each factor the investigation changes (clipping,
+    training length, feature space) moves it, and which of them turn it to the paper's direction."""
+    def said(c: Claim) -> tuple[str, str]:
+        outcome, d, _, _, how = c.ttest()
+        means = ", ".join(f"{name} {stats(list(side.values()))[0]:.3g}" for name, side in (("eta 0", c.low), ("eta 1", c.high))
+                          if side)
+        if outcome == "missing":
+            return outcome, f"not decided ({how}{'; ' + means if means else ''})"
+        word = {"agrees": "the paper's direction, significant", "contradicts": "eta 1 better, significant",
+                "unclear": "not significant"}[outcome]
+        return outcome, f"{d:+.3g} ({word}; {means})"
+
+    outcome, text = said(main)
+    head = main.text.split(": FID(")[0]
+    parts = [f"Why, from the figures: FID(eta 1) - FID(eta 0) is {text} in the paper's setting here ({head})"]
+    parts += [f"{name}{f' ({detail})' if detail else ''}: {said(c)[1]}" for name, detail, c in factors]
+    if outcome in ("contradicts", "unclear"):
+        by = {o: [name for name, _, c in factors if c.ttest()[0] == o] for o in ("agrees", "contradicts", "unclear", "missing")}
+        tail = []
+        if by["agrees"]:
+            tail.append("the paper's direction appears with " + " and ".join(by["agrees"]))
+        if by["contradicts"]:
+            tail.append("it does not appear with " + " nor ".join(by["contradicts"]))
+        if by["unclear"]:
+            tail.append(" and ".join(by["unclear"]) + " leave" + ("s" if len(by["unclear"]) == 1 else "")
+                        + f" it undecided at {len(main.low)} seeds")
+        if by["missing"]:
+            tail.append(" and ".join(by["missing"]) + " not decided yet")
+        return "; ".join(parts) + ". So " + "; ".join(tail)
+    return "; ".join(parts)
 
 
 def terminal_x0_gain(config: dict[str, Any]) -> float | None:
@@ -1124,6 +1177,18 @@ def terminal_x0_gain(config: dict[str, Any]) -> float | None:
     return 1.0 / math.sqrt(last) if last > 0 else None
 
 
+def clamped_share(res: Results, slug: str, seeds: list[int], labels: list[str]) -> str:
+    """The share of sample pixel values outside [-1, 1] that quantisation clamped, the mean
+    overshoot where every cell records it, and the number of cells, over ``labels`` and seeds."""
+    clamped = [v for lab in labels for v in res.values(slug, seeds, lab, "clamped").values()]
+    over = [v for lab in labels for v in res.values(slug, seeds, lab, "overshoot").values()]
+    if not clamped:
+        return "not recorded"
+    return (f"{100 * sum(clamped) / len(clamped):.2f}% of values clamped"
+            + (f", mean overshoot {sum(over) / len(over):.3g}" if len(over) == len(clamped) else "")
+            + f" ({len(clamped)} cells)")
+
+
 def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: list[float], steps: list[int],
                 label: dict[tuple[float, int, bool], str]) -> list[str]:
     """The clipping investigation of one checkpoint length: FID without against with clipping
@@ -1138,15 +1203,8 @@ def _clip_notes(res: Results, slug: str, seeds: list[int], length: str, etas: li
     # the fewest sampling steps whose two cells share an n (a cell shared with another finding may have another)
     c = next((c for c in map(pair, steps) if "not comparable" not in c.test()[1]), pair(steps[0]))
     notes = ["Investigation, clipping: " + c.test()[1]]
-    shares = {}
-    for clip in (True, False):
-        cells = [label[(eta, st, clip)] for eta in etas for st in steps]
-        clamped = [v for lab in cells for v in res.values(slug, seeds, lab, "clamped").values()]
-        over = [v for lab in cells for v in res.values(slug, seeds, lab, "overshoot").values()]
-        shares[clip] = "not recorded" if not clamped else (
-            f"{100 * sum(clamped) / len(clamped):.2f}% of values clamped"
-            + (f", mean overshoot {sum(over) / len(over):.3g}" if len(over) == len(clamped) else "")
-            + f" ({len(clamped)} cells)")
+    shares = {clip: clamped_share(res, slug, seeds, [label[(eta, st, clip)] for eta in etas for st in steps])
+              for clip in (True, False)}
     notes.append(f"Investigation, clipping, {length} steps: sample pixel values outside [-1, 1] that quantisation "
                  f"clamped (mean over every cell and seed; overshoot: the excess |x| - 1 of the clamped values, "
                  f"summed and divided by the number of all values): clip on {shares[True]}; clip off {shares[False]}")

@@ -606,3 +606,26 @@ def test_solvers_verdict_tests_edms_heun_grid_and_reports_the_full_range_apart(t
     assert set(sec.panels[0][3]) == {"ddim", "dpm_solver", "unipc", names["heun_karras_nfe9"], names["heun_karras_smax80_nfe9"]}
     grid = next(n for n in sec.notes if n.startswith("Grid of heun_karras_smax80_nfe9 "))
     assert "from sigma_max = 80 to" in grid and "2^-24" not in grid and "0 of its 4 steps" in grid
+
+
+def test_eta_answer_says_which_factor_turns_the_comparison():
+    """Finding 1's 'why': the paper's comparison reversed here, one factor that gives the paper's
+    direction, one that keeps the reversal, one undecided and one without runs, each named."""
+    seeds = [0, 1, 2]
+    main = F.Claim("1500 steps, clip on, 10 sampling steps: FID(eta 1) - FID(eta 0)",
+                   {s: 5.0 + s for s in seeds}, {s: 3.0 + s for s in seeds}, True)
+    noclip = F.Claim("x", {s: 60.0 + s for s in seeds}, {s: 61.0 + s for s in seeds}, True)
+    longer = F.Claim("x", {s: 4.0 + s for s in seeds}, {0: 3.0, 1: 3.9, 2: 5.0}, True)  # -1 +- 0.08: reversed
+    pixels = F.Claim("x", {s: 4.0 for s in seeds}, {0: 3.0, 1: 5.0, 2: 4.5}, True)  # +0.17 +- 0.6: unclear
+    later = F.Claim("x", {0: 3.0}, {0: 2.0}, True)
+    text = F.eta_answer(main, [("clip off", "samples: 99% clamped", noclip), ("6000 training steps", "", longer),
+                               ("pixels features", "", pixels), ("9000 training steps", "", later)])
+    assert text.startswith("Why, from the figures: FID(eta 1) - FID(eta 0) is -2 (eta 1 better, significant; "
+                           "eta 0 6, eta 1 4) in the paper's setting here (1500 steps, clip on, 10 sampling steps)")
+    assert "clip off (samples: 99% clamped): +1 (the paper's direction, significant; eta 0 61, eta 1 62)" in text
+    assert "9000 training steps: not decided (fewer than 2 seeds; eta 0 3, eta 1 2)" in text
+    assert text.endswith(". So the paper's direction appears with clip off; it does not appear with 6000 training "
+                         "steps; pixels features leaves it undecided at 3 seeds; 9000 training steps not decided yet")
+    # where the paper's setting agrees there is nothing to explain
+    agree = F.Claim("a: FID(eta 1) - FID(eta 0)", {s: 3.0 + s for s in seeds}, {s: 5.0 + s for s in seeds}, True)
+    assert ". So" not in F.eta_answer(agree, [("clip off", "", noclip)])
