@@ -1117,7 +1117,7 @@ def section_ddim_eta(spec: Spec, res: Results, arms: dict) -> Section:
                               (slug, cells[(lo, st)]), (slug, cells[(hi, st)]), seeds, True)
                 notes.append("Investigation, " + c.test()[1] + " (" + ", ".join(
                     f"eta {e:g}: {cell(res.values(slug, seeds, cells[(e, st)]), seeds)}" for e in es) + ")")
-                if length == lengths[0][0] and st == steps[0]:
+                if st == steps[0]:
                     factors.append((f"{space} features at {length} training steps", "", c))
     if claims and factors:
         notes.insert(0, eta_answer(claims[0], factors))
@@ -1149,16 +1149,19 @@ def eta_answer(main: Claim, factors: list[tuple[str, str, Claim]]) -> str:
     parts += [f"{name}{f' ({detail})' if detail else ''}: {said(c)[1]}" for name, detail, c in factors]
     if outcome in ("contradicts", "unclear"):
         by = {o: [name for name, _, c in factors if c.ttest()[0] == o] for o in ("agrees", "contradicts", "unclear", "missing")}
+        def both(names: list[str], last: str = "and") -> str:
+            return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {last} " + names[-1]
+
         tail = []
         if by["agrees"]:
-            tail.append("the paper's direction appears with " + " and ".join(by["agrees"]))
+            tail.append("the paper's direction appears with " + both(by["agrees"]))
         if by["contradicts"]:
-            tail.append("it does not appear with " + " nor ".join(by["contradicts"]))
+            tail.append("it does not appear with " + both(by["contradicts"], "nor"))
         if by["unclear"]:
-            tail.append(" and ".join(by["unclear"]) + " leave" + ("s" if len(by["unclear"]) == 1 else "")
-                        + f" it undecided at {len(main.low)} seeds")
+            tail.append(both(by["unclear"]) + " leave" + ("s" if len(by["unclear"]) == 1 else "")
+                        + " it undecided (not significant at their seeds)")
         if by["missing"]:
-            tail.append(" and ".join(by["missing"]) + " not decided yet")
+            tail.append(both(by["missing"]) + " not decided yet")
         return "; ".join(parts) + ". So " + "; ".join(tail)
     return "; ".join(parts)
 

@@ -625,7 +625,8 @@ def test_eta_answer_says_which_factor_turns_the_comparison():
     assert "clip off (samples: 99% clamped): +1 (the paper's direction, significant; eta 0 61, eta 1 62)" in text
     assert "9000 training steps: not decided (fewer than 2 seeds; eta 0 3, eta 1 2)" in text
     assert text.endswith(". So the paper's direction appears with clip off; it does not appear with 6000 training "
-                         "steps; pixels features leaves it undecided at 3 seeds; 9000 training steps not decided yet")
+                         "steps; pixels features leaves it undecided (not significant at their seeds); 9000 training steps not decided "
+                         "yet")
     # where the paper's setting agrees there is nothing to explain
     agree = F.Claim("a: FID(eta 1) - FID(eta 0)", {s: 3.0 + s for s in seeds}, {s: 5.0 + s for s in seeds}, True)
     assert ". So" not in F.eta_answer(agree, [("clip off", "", noclip)])
