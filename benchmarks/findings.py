@@ -1145,10 +1145,11 @@ def eta_answer(main: Claim, factors: list[tuple[str, str, Claim]]) -> str:
 
     outcome, text = said(main)
     head = main.text.split(": FID(")[0]
+    judged = [(name, detail, *said(c)) for name, detail, c in factors]  # each claim tested once
     parts = [f"Why, from the figures: FID(eta 1) - FID(eta 0) is {text} in the paper's setting here ({head})"]
-    parts += [f"{name}{f' ({detail})' if detail else ''}: {said(c)[1]}" for name, detail, c in factors]
+    parts += [f"{name}{f' ({detail})' if detail else ''}: {words}" for name, detail, _, words in judged]
     if outcome in ("contradicts", "unclear"):
-        by = {o: [name for name, _, c in factors if c.ttest()[0] == o] for o in ("agrees", "contradicts", "unclear", "missing")}
+        by = {o: [name for name, _, got, _ in judged if got == o] for o in ("agrees", "contradicts", "unclear", "missing")}
         def both(names: list[str], last: str = "and") -> str:
             return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {last} " + names[-1]
 
